@@ -1,0 +1,8 @@
+"""Lensing physics shared by the simulators and any physics-informed model.
+
+`physics.microlensing` holds the light-curve side: the survey (time grid, noise), the
+single-lens (PSPL) magnification, the adaptive binary-lens magnification on top of
+VBBinaryLensing, and the event generator that `simulate.py --task microlensing` drives.
+"""
+
+__version__ = "0.1.0"

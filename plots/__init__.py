@@ -1,0 +1,1 @@
+"""Figures shared by the stage scripts (matplotlib, Agg backend, PNG out)."""

@@ -1,0 +1,37 @@
+"""No shortcuts: PSPL and binary events share the distributions of every shared parameter,
+and flat events are drawn from the same stars."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from physics.microlensing.events import BINARY, FLAT, PSPL, EventConfig, EventSimulator, shuffled_labels
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    sim = EventSimulator(EventConfig(preset="baseline"))
+    labels = shuffled_labels(11, 300, 300, 300)
+    blocks = [sim.block(11, b, labels[b * 64:(b + 1) * 64]) for b in range(-(-len(labels) // 64))]
+    return labels, np.concatenate([b["params"] for b in blocks]), np.concatenate([b["mag"] for b in blocks])
+
+
+@pytest.mark.parametrize("name", ["t0", "tE", "u0", "m_source", "fs", "m_base"])
+def test_pspl_and_binary_share_parameter_distributions(simulated, name):
+    labels, p, _ = simulated
+    result = stats.ks_2samp(p[name][labels == PSPL], p[name][labels == BINARY])
+    assert result.pvalue > 0.01, (name, result)
+
+
+@pytest.mark.parametrize("name", ["m_source", "fs", "m_base"])
+def test_flat_stars_are_the_same_stars(simulated, name):
+    labels, p, _ = simulated
+    result = stats.ks_2samp(p[name][labels == FLAT], p[name][labels != FLAT])
+    assert result.pvalue > 0.01, (name, result)
+
+
+def test_noise_level_does_not_tell_the_class(simulated):
+    """The scatter of the faintest epochs must not separate flat stars from lensed ones."""
+    labels, _, mag = simulated
+    baseline_mag = np.nanpercentile(mag, 90, axis=1)  # the quiet part of each curve
+    result = stats.ks_2samp(baseline_mag[labels == PSPL], baseline_mag[labels == BINARY])
+    assert result.pvalue > 0.01, result

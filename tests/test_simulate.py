@@ -1,0 +1,194 @@
+"""simulate.py --task microlensing for real on tiny sizes: schema, determinism, shards,
+class balance and hygiene, resume after a kill, and bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from scipy import stats
+
+from data import microlensing_h5 as mlh5
+from physics.microlensing.survey import model_magnitude
+from tests.conftest import ROOT
+
+COUNTS = ["--n-flat", "30", "--n-pspl", "30", "--n-binary", "30"]
+
+
+@pytest.fixture(scope="module")
+def one_shot(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "one.h5"
+    r = subprocess.run([sys.executable, "simulate.py", *COUNTS, "--seed", "7", "--output", str(out),
+                        "--no-progress"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def assert_same_file(a, b):
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert sorted(fa.keys()) == sorted(fb.keys())
+        for k in fa:
+            if fa[k].dtype.names:  # compound: NaN-aware per field
+                for name in fa[k].dtype.names:
+                    assert np.array_equal(fa[k][name], fb[k][name], equal_nan=True), name
+            else:
+                assert np.array_equal(fa[k][()], fb[k][()], equal_nan=k != "labels"), k
+        assert dict(fa.attrs).keys() == dict(fb.attrs).keys()
+        for key in fa.attrs:
+            assert np.array_equal(fa.attrs[key], fb.attrs[key]), key
+
+
+def test_schema_and_row_alignment(one_shot):
+    d = mlh5.load(one_shot)
+    N, T = 90, 6912
+    assert d["time"].shape == (T,) and d["time"].dtype == np.float64
+    for k in ("mag", "mag_err", "magnification"):
+        assert d[k].shape == (N, T) and d[k].dtype == np.float32
+    assert d["labels"].dtype == np.int8
+    assert list(d["attrs"]["class_names"]) == ["flat", "pspl", "binary"]
+    for key in ("schema_version", "cadence_min", "season_days", "preset", "seed", "code_version"):
+        assert key in d["attrs"]
+    labels, p = d["labels"], d["params"]
+    assert np.bincount(labels, minlength=3).tolist() == [30, 30, 30]
+    # NaN exactly where a parameter is not defined for the class
+    assert np.all(np.isnan(p["tE"][labels == 0])) and np.all(np.isfinite(p["tE"][labels > 0]))
+    assert np.all(np.isnan(p["q"][labels < 2])) and np.all(np.isfinite(p["q"][labels == 2]))
+    assert np.all(d["magnification"][labels == 0] == 1)
+    assert np.all(d["magnification"][labels > 0].max(axis=1) > 1.01)
+    # mag = m_base - 2.5 log10(fs A + 1 - fs) + noise, row by row, with errors that fit
+    model = model_magnitude(p["m_base"][:, None], p["fs"][:, None], d["magnification"].astype(np.float64))
+    chi2 = np.nanmean(((d["mag"] - model) / d["mag_err"]) ** 2, axis=1)
+    assert np.all((chi2 > 0.85) & (chi2 < 1.15)), chi2
+    np.testing.assert_allclose(p["m_base"], p["m_source"] + 2.5 * np.log10(p["fs"]))
+    # ~5% missing epochs, NaN in mag and mag_err together
+    assert np.array_equal(np.isnan(d["mag"]), np.isnan(d["mag_err"]))
+    assert 0.04 < np.isnan(d["mag"]).mean() < 0.06
+
+
+def test_rows_not_grouped_by_class(one_shot):
+    labels = mlh5.load(one_shot)["labels"]
+    rho, pval = stats.spearmanr(np.arange(len(labels)), labels)
+    assert pval > 1e-3
+    runs = 1 + np.count_nonzero(np.diff(labels))
+    assert runs > 30  # sorted labels would give 3 runs; random order ~60
+
+
+def test_same_output_for_any_worker_count(one_shot, tmp_path, script):
+    out = tmp_path / "two.h5"
+    r = script("simulate.py", *COUNTS, "--seed", "7", "--num-workers", "2", "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert_same_file(one_shot, out)
+
+
+def test_shards_merge_to_the_one_shot_file(one_shot, tmp_path, script):
+    for i in range(3):
+        r = script("simulate.py", *COUNTS, "--seed", "7", "--shard", f"{i}/3",
+                   "--output", str(tmp_path / f"part{i}.h5"), "--no-progress")
+        assert r.returncode == 0, r.stderr
+    r = script("simulate.py", "--merge", *[str(tmp_path / f"part{i}.h5") for i in (2, 0, 1)],
+               "--output", str(tmp_path / "merged.h5"))
+    assert r.returncode == 0, r.stderr
+    assert_same_file(one_shot, tmp_path / "merged.h5")
+    # a missing shard is refused, and nothing is written
+    r = script("simulate.py", "--merge", str(tmp_path / "part0.h5"), str(tmp_path / "part2.h5"),
+               "--output", str(tmp_path / "bad.h5"))
+    assert r.returncode == 2 and "missing [1]" in r.stderr
+    assert not (tmp_path / "bad.h5").exists() and not (tmp_path / "bad.h5.partial").exists()
+
+
+def test_different_seeds_differ(one_shot, tmp_path, script):
+    out = tmp_path / "other.h5"
+    assert script("simulate.py", *COUNTS, "--seed", "8", "--output", str(out), "--no-progress").returncode == 0
+    assert not np.array_equal(mlh5.load(one_shot)["labels"], mlh5.load(out)["labels"])
+
+
+def test_seed_command_and_preview(tmp_path, script):
+    out, png = tmp_path / "test.h5", tmp_path / "test.png"
+    r = script("simulate.py", "--n_flat", "5", "--n_pspl", "5", "--n_binary", "5", "--binary_preset", "planetary",
+               "--output", str(out), "--num_workers", "1", "--seed", "3", "--oversample", "1.3", "--preview", str(png))
+    assert r.returncode == 0, r.stderr
+    d = mlh5.load(out)
+    assert d["attrs"]["preset"] == "planetary" and len(d["labels"]) == 15
+    q = d["params"]["q"][d["labels"] == 2]
+    assert np.all((q >= 1e-4) & (q <= 1e-2))
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_existing_output_is_kept(one_shot, script):
+    before = one_shot.read_bytes()
+    r = script("simulate.py", *COUNTS, "--output", str(one_shot))
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert one_shot.read_bytes() == before
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--binary-preset", "nonsense"], "invalid choice"),
+    (["--n-flat", "-3"], "must be >= 0"),
+    (["--shard", "3/2"], "0 <= I < N"),
+    (["--shard", "x"], "expected I/N"),
+    (["--oversample", "0.5"], "oversample must be >= 1"),
+    (["--num-workers", "0"], "num-workers must be >= 1"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_input_one_line(bad, message, tmp_path, script):
+    out = tmp_path / "x.h5"
+    r = script("simulate.py", *COUNTS, "--output", str(out), *bad)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output(tmp_path, script):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for target in (blocker / "x.h5", "/proc/x.h5"):
+        r = script("simulate.py", *COUNTS, "--output", str(target))
+        assert r.returncode == 2 and "cannot write" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_killed_run_resumes_to_the_same_file(tmp_path, script):
+    # binaries are slow enough (~100/s) that the run is still going after the first
+    # resume point (written every ~2 s)
+    counts = ["--n-flat", "64", "--n-pspl", "64", "--n-binary", "512", "--seed", "5"]
+    ref = tmp_path / "ref.h5"
+    assert script("simulate.py", *counts, "--output", str(ref), "--no-progress").returncode == 0
+    out = tmp_path / "killed.h5"
+    proc = subprocess.Popen([sys.executable, "simulate.py", *counts, "--output", str(out), "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "killed.h5.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait until some rows are written
+        try:
+            with h5py.File(partial, "r", locking=False) as f:
+                if f.attrs.get("rows_done", 0) > 0:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert proc.returncode == 2 and "resume" in err, err
+    assert partial.exists() and not out.exists()
+    r = script("simulate.py", *counts, "--output", str(out), "--no-progress")
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    assert not partial.exists()
+    assert_same_file(ref, out)
+
+
+def test_reader_rejects_bad_files(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"this is not hdf5")
+    with pytest.raises(mlh5.SchemaError, match="not a readable HDF5"):
+        mlh5.load(junk)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(mlh5.SchemaError, match="schema_version"):
+        mlh5.load(other)
