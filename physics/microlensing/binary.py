@@ -67,7 +67,7 @@ class AdaptiveSettings:
     check_tol: float = 2e-4     # bisect an interval whose midpoint error exceeds this
     max_block: int = 256        # widest interval between samples, epochs
     caustic_points: int = 400   # VBBinaryLensing NPcrit used for the caustic curves
-    point_source_beyond: float = 30.0  # scale / rho beyond which the point-source A is used
+    point_source_beyond: float = 30.0  # d**ridge_power / rho beyond which the point source is used
     ridge_power: float = 1.5    # structure scale = d**ridge_power (cusp ridges narrow as d^1.5)
     limb_floor: float = 0.1     # smallest scale, in rho, near limb-caustic contact
     coarse_step: int = 4        # epochs between exact caustic-distance queries
@@ -111,7 +111,7 @@ class AdaptiveBinaryLightCurve:
                            dist[left + 1] - (coarse[left + 1] - i) * step)
         return np.maximum(lower, 0.0)
 
-    def _evaluate(self, params, idx, point_source):
+    def _evaluate(self, params, idx, point_source, y1, y2):
         """log A at epochs idx: VBBinaryLensing's finite-source BinaryMag2 near caustics; far
         from them (point_source mask) the point-source BinaryMag0 plus the quadrupole term of
         the uniform disk, A_disk = A + (rho^2 / 8) Laplacian(A) + O(rho^4), whose Laplacian
@@ -122,7 +122,7 @@ class AdaptiveBinaryLightCurve:
         far = point_source[idx]
         if far.any():
             mag0 = self.vbbl.BinaryMag0
-            y1, y2 = self._y1[idx[far]], self._y2[idx[far]]
+            y1, y2 = y1[idx[far]], y2[idx[far]]
             centre = np.array([mag0(s, q, a, b) for a, b in zip(y1.tolist(), y2.tolist())])
             ring = sum(np.array([mag0(s, q, a, b) for a, b in zip((y1 + d1).tolist(), (y2 + d2).tolist())])
                        for d1, d2 in ((rho, 0.0), (-rho, 0.0), (0.0, rho), (0.0, -rho)))
@@ -137,7 +137,6 @@ class AdaptiveBinaryLightCurve:
         t, T = self.t, len(self.t)
         self.n_evals = 0
         y1, y2 = binary_trajectory(t, u0, alpha, tE, t0)
-        self._y1, self._y2 = y1, y2
         d = self.caustic_distance(s, q, y1, y2, self.dt / tE)
         # Einstein radii over which A(y) is smooth: cusp ridges narrow as d^1.5 off the
         # caustic; where the source overlaps it (d < 2 rho) the curve has kinks when the limb
@@ -169,7 +168,7 @@ class AdaptiveBinaryLightCurve:
         params = [np.log(s), np.log(q), u0, alpha, np.log(rho), np.log(tE), t0]
         samples = np.unique(np.concatenate([blocks[:, 0], np.minimum(blocks.sum(1), T - 1), [T - 1]]))
         logA = np.full(T, np.nan)
-        logA[samples] = self._evaluate(params, samples, point_source)
+        logA[samples] = self._evaluate(params, samples, point_source, y1, y2)
 
         # error control: check the midpoint of every block wider than one epoch
         todo = blocks[(blocks[:, 1] >= 2) & (blocks[:, 0] + blocks[:, 1] // 2 < T - 1)]
@@ -177,7 +176,7 @@ class AdaptiveBinaryLightCurve:
             known = np.flatnonzero(~np.isnan(logA))
             spline = CubicSpline(t[known], logA[known])
             mids = todo[:, 0] + todo[:, 1] // 2
-            logA[mids] = self._evaluate(params, mids, point_source)
+            logA[mids] = self._evaluate(params, mids, point_source, y1, y2)
             err = np.abs(np.expm1(spline(t[mids]) - logA[mids]))
             bad = todo[err > st.check_tol]
             half = bad[:, 1] // 2
