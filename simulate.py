@@ -89,7 +89,8 @@ def get_args_parser():
     ml.add_argument("--n-pspl", "--n_pspl", type=non_negative_int, default=100)
     ml.add_argument("--n-binary", "--n_binary", type=non_negative_int, default=100)
     ml.add_argument("--binary-preset", "--binary_preset", default="baseline", choices=list(PRESETS),
-                    help="; ".join(f"{p.name}: {p.doc}" for p in PRESETS.values()))
+                    help=" | ".join(f"{p.name} (s {p.s[0]:g}-{p.s[1]:g}, q {p.q[0]:g}-{p.q[1]:g}, "
+                                   f"u0 {p.u0[0]:g}-{p.u0[1]:g}): {p.doc}" for p in PRESETS.values()))
     ml.add_argument("--oversample", type=float, default=1.0,
                     help="candidates drawn per missing event in each round of the detectability cut (>= 1)")
     ml.add_argument("--min-snr", type=float, default=5.0,

@@ -115,11 +115,6 @@ def load(path, rows=None) -> dict:
     return out
 
 
-def config_of(f: h5py.File) -> dict:
-    """The simulation config stored in a file's attrs."""
-    return json.loads(f.attrs["config"])
-
-
 def merge_shards(paths, output) -> int:
     """Merge shard files of one run into `output`, equal to the file a one-shot run writes.
 

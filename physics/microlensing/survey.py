@@ -7,7 +7,7 @@ The defaults give ~0.01 mag per epoch at 21 mag (tests/test_survey.py checks it)
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,9 +72,6 @@ class NoiseModel:
     def mag_error(self, counts):
         """Total magnitude error at `counts` e-: photometric noise and floor in quadrature."""
         return np.hypot(MAG_PER_LN * self.flux_sigma(counts) / counts, self.floor_mag)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def model_magnitude(m_base, fs, magnification):
