@@ -27,7 +27,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 from tqdm import tqdm
 
 import physics

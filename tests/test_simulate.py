@@ -1,6 +1,5 @@
 """simulate.py --task microlensing for real on tiny sizes: schema, determinism, shards,
 class balance and hygiene, resume after a kill, and bad input."""
-import os
 import signal
 import subprocess
 import sys
