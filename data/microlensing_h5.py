@@ -115,6 +115,17 @@ def load(path, rows=None) -> dict:
     return out
 
 
+def fingerprint(path) -> str:
+    """Content identity of a file (labels, parameters, time grid), the same for copies of it
+    (e.g. one staged to /dev/shm), different for a regenerated file."""
+    import hashlib
+    with open_checked(path) as f:
+        digest = hashlib.sha1()
+        for name in ("time", "labels", "params"):
+            digest.update(np.ascontiguousarray(f[name][:]).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def merge_shards(paths, output) -> int:
     """Merge shard files of one run into `output`, equal to the file a one-shot run writes.
 

@@ -1,10 +1,12 @@
 """The SLURM files parse, and their commands run locally on tiny data."""
 import glob
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from data import microlensing_h5 as mlh5
 from tests.conftest import ROOT
@@ -12,7 +14,7 @@ from tests.conftest import ROOT
 
 def test_sbatch_files_parse():
     files = glob.glob(os.path.join(ROOT, "sbatch", "*"))
-    assert len(files) >= 3
+    assert len(files) >= 6
     for path in files:
         r = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
         assert r.returncode == 0, (path, r.stderr)
@@ -29,3 +31,82 @@ def test_simulate_array_and_merge_run_locally(tmp_path):
     assert r.returncode == 0, r.stderr
     d = mlh5.load(tmp_path / "microlensing.h5")
     assert np.bincount(d["labels"]).tolist() == [5, 5, 5]
+
+
+def read(name):
+    with open(os.path.join(ROOT, "sbatch", name)) as f:
+        return f.read()
+
+
+def test_no_cluster_paths():
+    for name in os.listdir(os.path.join(ROOT, "sbatch")):
+        text = read(name)
+        for literal in ("/home/", "/scratch/", "/gpfs/", "/lustre/", "/project", "/work/"):
+            assert literal not in text, (name, literal)
+
+
+def test_train_requeues_on_time_limit_signal():
+    text = read("train.sbatch")
+    for needed in ("#SBATCH --signal=B:USR1@", "#SBATCH --requeue", "scontrol requeue", "torchrun",
+                   "--rdzv-backend=c10d", "/dev/shm", "trap stop_training USR1"):
+        assert needed in text, needed
+
+
+def fake_sbatch(tmp_path):
+    """An `sbatch` on PATH that logs its arguments and answers --parsable with job ids 101, 102, ..."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "sbatch"
+    script.write_text('#!/usr/bin/env bash\n'
+                      'echo "$*" >> "$SBATCH_LOG"\n'
+                      'echo $((100 + $(wc -l < "$SBATCH_LOG")))\n')
+    script.chmod(0o755)
+    return str(bin_dir)
+
+
+@pytest.mark.parametrize("data_exists", [False, True])
+def test_pipeline_chains_jobs_with_afterok(tmp_path, data_exists):
+    out = tmp_path / "sim"
+    out.mkdir()
+    if data_exists:  # a second submission reuses the simulation
+        (out / "microlensing.h5").touch()
+    log = tmp_path / "sbatch.log"
+    env = dict(os.environ, PATH=fake_sbatch(tmp_path) + os.pathsep + os.environ["PATH"], SBATCH_LOG=str(log),
+               OUT=str(out), NAME="run", SHARDS="4", NODES="2", GPUS_PER_NODE="8", GPU_SBATCH="--partition=gpu")
+    r = subprocess.run(["bash", os.path.join(ROOT, "sbatch", "pipeline.sh"), "--account=proj"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert all(c.startswith("--parsable --account=proj") for c in calls)
+    if data_exists:
+        train, evaluate = calls
+        assert "--dependency" not in train
+    else:
+        simulate, merge, train, evaluate = calls
+        assert "--array=0-3" in simulate and simulate.endswith("sbatch/simulate.sbatch")
+        assert "--dependency=afterok:101" in merge and "NAME=microlensing.h5" in merge
+        assert "--dependency=afterok:102" in train
+    assert train.endswith("sbatch/train.sbatch") and evaluate.endswith("sbatch/evaluate.sbatch")
+    assert "--partition=gpu" in train and "--nodes=2" in train and "--gres=gpu:8" in train
+    assert f"DATA={out}/microlensing.h5,NAME=run" in train
+    assert f"--dependency=afterok:{100 + len(calls) - 1}" in evaluate
+    assert "--nodes" not in evaluate and "--gres" not in evaluate
+
+
+def test_pipeline_runs_locally(tmp_path):
+    name = f"smoke{os.getpid()}"
+    results = tmp_path / "results"
+    env = dict(os.environ, LOCAL="1", OUT=str(tmp_path / "sim"), RESULTS=str(results), NAME=name,
+               N_PER_CLASS="20", SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=sys.prefix,
+               TRAIN_ARGS="--epochs 1 --batch-size 16 --d-model 16 --n-layers 1 --device cpu --no-progress",
+               EVAL_ARGS="--no-progress")
+    r = subprocess.run(["bash", "sbatch/pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    run_dir = results / name
+    assert (run_dir / "best.pt").is_file()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    with open(run_dir / "eval_microlensing" / "evaluation_summary.json") as f:
+        summary = json.load(f)
+    assert not os.path.exists(f"/dev/shm/lensing-local-{name}")  # the staged copy is removed
+    assert summary["rows"] == "test split"  # evaluate recognised the training file: no training events scored

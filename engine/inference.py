@@ -1,0 +1,58 @@
+"""Finding runs and predicting with them: shared by evaluate.py and predict.py."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.lightcurves import normalize
+from engine.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
+
+
+def find_run(name: str, output: str) -> str:
+    """Run directory under `output` named `name`, or the newest one whose name contains it."""
+    exact = os.path.join(output, name)
+    if os.path.isdir(exact) and _has_checkpoint(exact):
+        return exact
+    if not os.path.isdir(output):
+        raise CheckpointError(f"{output}: no such results folder (set --output)")
+    runs = [os.path.join(output, d) for d in sorted(os.listdir(output)) if _has_checkpoint(os.path.join(output, d))]
+    matches = [r for r in runs if name in os.path.basename(r)]
+    if not matches:
+        listing = ", ".join(os.path.basename(r) for r in runs) or "none"
+        raise CheckpointError(f"no run matching {name!r} in {output} (runs there: {listing})")
+    matches.sort(key=lambda r: os.path.getmtime(_checkpoint_path(r)), reverse=True)
+    if len(matches) > 1:
+        print(f"{len(matches)} runs match {name!r}; using the newest, {os.path.basename(matches[0])} "
+              f"(others: {', '.join(os.path.basename(r) for r in matches[1:])})", flush=True)
+    return matches[0]
+
+
+def _checkpoint_path(run_dir, which="best"):
+    path = os.path.join(run_dir, f"{which}.pt")
+    return path if os.path.isfile(path) else os.path.join(run_dir, "last.pt")
+
+
+def _has_checkpoint(run_dir):
+    return os.path.isdir(run_dir) and os.path.isfile(_checkpoint_path(run_dir))
+
+
+def load_run(path: str, task: str, which: str = "best"):
+    """(checkpoint dict, model in eval mode, checkpoint path) of a run directory or checkpoint file."""
+    ckpt_path = _checkpoint_path(path, which) if os.path.isdir(path) else path
+    ckpt = load_checkpoint(ckpt_path, task=task)
+    return ckpt, build_from_checkpoint(ckpt), ckpt_path
+
+
+@torch.no_grad()
+def predict_log_probs(model, features, stats: dict, batch_size: int = 256, device="cpu", progress: bool = False,
+                      desc: str = "predict") -> np.ndarray:
+    """features (N, T, 4) (numpy, any float type) → log-probabilities (N, 3) float64."""
+    model = model.to(device).eval()
+    out = []
+    for i in tqdm(range(0, len(features), batch_size), desc=desc, disable=not progress, leave=False):
+        x = torch.from_numpy(np.asarray(features[i:i + batch_size], dtype=np.float32)).to(device)
+        out.append(model(normalize(x, stats))["log_probs"].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3))

@@ -1,0 +1,164 @@
+"""The generic loop: one epoch of training, one pass of evaluation, the LR schedule, AMP, signals.
+
+Batches come from a `fetch(indices) -> (x, y)` function of the task's data module, so this
+file knows nothing about light curves or images.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.distributed import DistInfo, all_reduce_sum
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGUSR1 (SLURM's warning before the time limit); checked every step."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def install(self):
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name if self.signum else ""
+
+
+def amp_settings(amp: str, device: torch.device):
+    """(autocast context factory, GradScaler); the scaler is only enabled for fp16."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=amp != "fp32")
+    return amp, autocast, scaler
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
+    """LR multiplier per optimizer step: linear warmup, then cosine to `min_ratio`."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def rank_batches(indices, batch_size: int):
+    """Consecutive batches of a rank's index list (the last one may be smaller, equal on all ranks)."""
+    return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fetch, batches, info: DistInfo,
+                    stop: StopRequest, accumulation_steps: int = 1, clip_grad: float = 0.0, start_batch: int = 0,
+                    n_classes: int = 3, progress: bool = True, desc: str = ""):
+    """Train over `batches` (lists of row indices for this rank), starting at batch `start_batch`.
+
+    Returns (sums, batches_done): sums is a tensor of loss·n, correct, n and per-class correct and
+    counts reduced over ranks; batches_done < len(batches) when a stop was requested.
+    """
+    model.train()
+    sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64)
+    bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not (progress and info.is_main),
+               leave=False, unit="batch")
+    done = start_batch
+    for b in range(start_batch, len(batches)):
+        x, y = fetch(batches[b])
+        x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+        last_micro = (b + 1) % accumulation_steps == 0 or b + 1 == len(batches)
+        sync = model.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()
+        with sync:
+            with autocast():
+                out = model(x)
+                loss, _ = criterion(out, y)
+            scaler.scale(loss / accumulation_steps).backward()
+        # one small all-reduce per step: every rank sees the same loss and the same stop request
+        flags = torch.tensor([float(loss.detach()), float(stop.signum != 0)], device=info.device)
+        all_reduce_sum(flags, info)
+        if not math.isfinite(flags[0].item()):
+            raise NonFiniteLossError(f"non-finite training loss ({flags[0].item()}) at batch {b}: "
+                                     "lower --lr, use --amp bf16/fp32, or check the data")
+        if last_micro:
+            if clip_grad > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        with torch.no_grad():
+            pred = out["log_probs"].argmax(-1)
+            sums += _counts(loss.detach() * len(y), pred, y, n_classes)
+        done = b + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{flags[0].item() / info.world_size:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if flags[1].item() > 0 and not last_micro:
+            continue  # finish the accumulation group so the checkpoint holds no half-accumulated gradient
+        if flags[1].item() > 0:
+            break
+    bar.close()
+    return all_reduce_sum(sums.to(info.device), info).cpu(), done
+
+
+@torch.no_grad()
+def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: DistInfo, n_classes: int = 3):
+    """Loss and accuracy sums over `indices`, split across ranks (rank r takes indices[r::world]).
+
+    `model` must be the unwrapped module: evaluation runs on every rank without DDP's collectives.
+    """
+    model.eval()
+    mine = np.asarray(indices)[info.rank::info.world_size]
+    sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64)
+    for idx in rank_batches(mine, batch_size):
+        x, y = fetch(idx)
+        x, y = x.to(info.device), y.to(info.device)
+        with autocast():
+            out = model(x)
+            loss, _ = criterion(out, y)
+        sums += _counts(loss * len(y), out["log_probs"].argmax(-1), y, n_classes)
+    return all_reduce_sum(sums.to(info.device), info).cpu()
+
+
+def _counts(loss_sum, pred, y, n_classes):
+    per_class_correct = torch.bincount(y[pred == y], minlength=n_classes).double().cpu()
+    per_class_total = torch.bincount(y, minlength=n_classes).double().cpu()
+    head = torch.tensor([float(loss_sum), float((pred == y).sum()), float(len(y))], dtype=torch.float64)
+    return torch.cat([head, per_class_correct, per_class_total])
+
+
+def summarize(sums: torch.Tensor, prefix: str, class_names) -> dict:
+    """Loss, accuracy and per-class recall from reduced sums."""
+    n_classes = len(class_names)
+    loss_sum, correct, n = sums[:3].tolist()
+    per_correct, per_total = sums[3:3 + n_classes], sums[3 + n_classes:]
+    out = {f"{prefix}_loss": loss_sum / max(n, 1), f"{prefix}_acc": correct / max(n, 1)}
+    for c, name in enumerate(class_names):
+        out[f"{prefix}_recall_{name}"] = float(per_correct[c] / per_total[c]) if per_total[c] > 0 else float("nan")
+    return out
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self):
+        return time.perf_counter() - self.start

@@ -1,0 +1,46 @@
+"""Model registry: every model is built by name with `create_model(name, **kwargs)`.
+
+Families: `cnn_gru` (the thesis CNN-GRU, models/cnn_gru.py) and `patch_transformer` (a
+patched causal transformer, models/patch_transformer.py), both light-curve classifiers that
+return a dict with "log_probs" (B, 3) and the logits their loss needs.
+"""
+from __future__ import annotations
+
+import inspect
+
+_REGISTRY = {}
+
+
+def register(name):
+    def wrap(cls):
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def list_models():
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def model_kwargs(name: str, options: dict) -> dict:
+    """The subset of `options` that model `name` takes (what a checkpoint records)."""
+    cls = _get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def create_model(name: str, **kwargs):
+    cls = _get(name)
+    return cls(**kwargs)
+
+
+def _get(name):
+    _import_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def _import_all():
+    from models import cnn_gru, patch_transformer  # noqa: F401  (registration side effect)

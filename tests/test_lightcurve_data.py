@@ -1,0 +1,110 @@
+"""Photometry readers and the feature code shared by simulated and real curves; the RAM cache."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from data import microlensing as task_data
+from data.cache import SharedArrays
+from data.lightcurves import feature_stats, grid_size, light_curve_features
+from data.photometry import PhotometryError, read_photometry, season_window
+from engine.distributed import DistInfo
+from tests.test_train import SAMPLES, tiny_h5  # noqa: F401  (session fixture)
+
+GRID = {"season_days": 72.0, "bin_minutes": 120.0, "n_bins": 864, "bin_days": 120 / 1440}
+
+
+def test_samples_read():
+    t, m, e = read_photometry(os.path.join(SAMPLES, "ob140939_OGLE.dat"))
+    assert len(t) == 485 and 5000 < t[0] < 10000  # BJD converted to HJD-2450000
+    assert np.all(np.diff(t) >= 0) and np.all(e > 0)
+    t, m, e = read_photometry(os.path.join(SAMPLES, "ulwdc1_012_W149_season1.txt.gz"))
+    assert len(t) > 6000 and 71 < t[-1] - t[0] < 73
+
+
+def test_time_conventions_and_formats_agree(tmp_path):
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 60, 300))
+    m = 19 + 0.01 * rng.standard_normal(300)
+    e = np.full(300, 0.01)
+    (tmp_path / "hjd.dat").write_text("# HJD mag err\n" + "\n".join(f"{2458000 + a:.6f} {b:.5f} {c} 1.0 77" for a, b, c in zip(t, m, e)))
+    (tmp_path / "short.txt").write_text("\n".join(f"{8000 + a:.6f},{b:.5f},{c}" for a, b, c in zip(t, m, e)))
+    ipac = "\\fixlen = T\n|  hjd   |  mag  |  err |\n|  double | double | double |\n"
+    ipac += "\n".join(f" {2458000 + a:.6f} {b:.5f} {c}" for a, b, c in zip(t, m, e))
+    (tmp_path / "table.tbl").write_text(ipac)
+    with gzip.open(tmp_path / "z.dat.gz", "wt") as f:
+        f.write("time mag err\n" + "\n".join(f"{8000 + a:.6f} {b:.5f} {c}" for a, b, c in zip(t, m, e)))
+    feats = [task_data.file_features(str(tmp_path / n), GRID, progress=False)[0]
+             for n in ("hjd.dat", "short.txt", "table.tbl", "z.dat.gz")]
+    for f in feats[1:]:
+        np.testing.assert_allclose(f.astype(np.float32), feats[0].astype(np.float32), atol=1e-3)
+    assert feats[0][0, :, 3].sum() > 100
+
+
+def test_bad_photometry(tmp_path):
+    (tmp_path / "nan.dat").write_text("1 nan 0.1\n2 nan 0.1\n3 19 nan\n")
+    with pytest.raises(PhotometryError, match="nan.dat: 0 usable epochs"):
+        read_photometry(tmp_path / "nan.dat")
+    (tmp_path / "empty.dat").write_text("")
+    with pytest.raises(PhotometryError, match="empty.dat: no data rows"):
+        read_photometry(tmp_path / "empty.dat")
+    (tmp_path / "two.dat").write_text("1 19\n2 19\n")
+    with pytest.raises(PhotometryError, match="2 columns"):
+        read_photometry(tmp_path / "two.dat")
+
+
+def test_simulated_row_as_text_gives_the_same_features(tmp_path, tiny_h5):  # noqa: F811
+    """A simulated event written out as photometry goes through the same features as in the HDF5."""
+    from data import microlensing_h5 as mlh5
+    d = mlh5.load(tiny_h5)
+    row = next(i for i in range(len(d["labels"])) if np.isfinite(d["mag"][i, 0]) and d["labels"][i] == 2)
+    ok = np.isfinite(d["mag"][row])
+    path = tmp_path / "event.dat"
+    np.savetxt(path, np.c_[d["time"][ok] + 2459000.0, d["mag"][row, ok], d["mag_err"][row, ok]], fmt="%.7f")
+    real, _, _ = task_data.file_features(str(path), GRID, progress=False)
+    sim, labels, _ = task_data.h5_features(tiny_h5, GRID, [row], progress=False)
+    np.testing.assert_allclose(real.astype(np.float32), sim.astype(np.float32), atol=2e-3)
+
+
+def test_features_follow_physics():
+    """Channel 0 is log10 of flux over baseline: a known magnification is recovered."""
+    n_bins, bin_days = grid_size(72.0, 120.0)
+    t = np.arange(0, 72, 15 / 1440)
+    A = np.ones_like(t)
+    A[(t > 30) & (t < 31)] = 4.0
+    mag = 20 - 2.5 * np.log10(A)
+    f = light_curve_features(t, mag[None], np.full((1, len(t)), 0.01), 0.0, n_bins, bin_days)[0]
+    assert f[:, 3].all()
+    peak = f[int(30.5 / bin_days), 0]
+    assert abs(peak - np.log10(4.0)) < 1e-6
+    assert abs(np.median(f[:, 0])) < 1e-9
+    late = t > 36
+    mag_cut = np.where(late, np.nan, mag)
+    g = light_curve_features(t, mag_cut[None], np.full((1, len(t)), 0.01), 0.0, n_bins, bin_days)[0]
+    assert g[int(36 / bin_days) + 1:].sum() == 0 and g[:int(36 / bin_days), 3].all()
+
+
+def test_window_of_a_long_curve():
+    t = np.arange(0, 2000, 1.0)
+    m = np.full(len(t), 18.0)
+    m[1500:1510] = 15.0
+    m[200] = 10.0  # a single outlier does not move the window
+    start = season_window(t, m, 72.0)
+    assert start <= 1500 and start + 72 >= 1510
+
+
+def test_shared_cache_builds_once_and_is_read_only(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"features": np.arange(12, dtype=np.float16).reshape(3, 4), "labels": np.array([0, 1, 2])}
+    a = SharedArrays("k", build, DistInfo(), str(tmp_path))
+    b = SharedArrays("k", build, DistInfo(local_rank=1, rank=1), str(tmp_path))
+    assert calls == [1]
+    assert np.array_equal(a["features"], b["features"]) and not b["features"].flags.writeable
+    st = feature_stats(np.dstack([np.ones((2, 5, 3)), np.ones((2, 5, 1))]))
+    assert st["std"] == [1.0, 1.0, 1.0]  # constant channels are left unscaled
+    a.remove()
+    assert not os.path.exists(tmp_path / "k")

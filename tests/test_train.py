@@ -1,0 +1,219 @@
+"""train.py / evaluate.py / predict.py run for real on tiny data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_script
+
+TINY = ["--d-model", "16", "--n-layers", "1", "--dropout", "0", "--no-progress"]
+SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "samples", "microlensing")
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    r = run_script("simulate.py", "--n-flat", "20", "--n-pspl", "20", "--n-binary", "20", "--seed", "3",
+                   "--output", str(path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return str(path)
+
+
+def train(tmp_path, data, *extra, name="run", cwd=ROOT):
+    return run_script("train.py", "--data", data, "--output", str(tmp_path / "results"), "--experiment-name", name,
+                      "--cache-dir", str(tmp_path), *TINY, *extra)
+
+
+def weights(run_dir, which="last.pt"):
+    return torch.load(os.path.join(run_dir, which), map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=1e-4), f"{k} differs: {(a[k] - b[k]).abs().max()}"
+
+
+def test_two_process_ddp_equals_one_process(tmp_path, tiny_h5):
+    """2 gloo processes with batch 4 each == 1 process with batch 8 (same global batch)."""
+    common = ["--epochs", "2", "--model", "cnn_gru", "--lr", "3e-3"]
+    r1 = train(tmp_path, tiny_h5, *common, "--batch-size", "8", name="one")
+    assert r1.returncode == 0, r1.stderr
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
+           "--data", tiny_h5, "--output", str(tmp_path / "results"), "--experiment-name", "two",
+           "--cache-dir", str(tmp_path), *TINY, *common, "--batch-size", "4"]
+    r2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "2 process(es)" in r2.stdout
+    one, two = weights(tmp_path / "results" / "one"), weights(tmp_path / "results" / "two")
+    assert_same_weights(one, two, atol=1e-5)
+    start = create_initial(tmp_path / "results" / "one")
+    assert any(not torch.allclose(one[k], start[k]) for k in one)  # training did move the weights
+    m1 = [json.loads(l) for l in open(tmp_path / "results" / "one" / "metrics.jsonl")]
+    m2 = [json.loads(l) for l in open(tmp_path / "results" / "two" / "metrics.jsonl")]
+    assert m1[-1]["val_acc"] == m2[-1]["val_acc"]
+    assert abs(m1[-1]["train_loss"] - m2[-1]["train_loss"]) < 1e-5
+    assert not any(n.startswith("lensing_cache_") for n in os.listdir(tmp_path))  # cache removed at the end
+
+
+def create_initial(run_dir):
+    from models import create_model
+    ckpt = torch.load(os.path.join(run_dir, "last.pt"), map_location="cpu", weights_only=True)
+    torch.manual_seed(ckpt["config"]["seed"])
+    return create_model(ckpt["model_name"], **ckpt["model_kwargs"]).state_dict()
+
+
+def test_sigterm_then_relaunch_equals_uninterrupted(tmp_path, tiny_h5):
+    args = ["--epochs", "6", "--batch-size", "2", "--model", "patch_transformer"]
+    full = train(tmp_path, tiny_h5, *args, name="full")
+    assert full.returncode == 0, full.stderr
+    cmd = [sys.executable, "train.py", "--data", tiny_h5, "--output", str(tmp_path / "results"),
+           "--experiment-name", "killed", "--cache-dir", str(tmp_path), *TINY, *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "results" / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not metrics.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "relaunch the same command to resume" in out
+    saved = torch.load(tmp_path / "results" / "killed" / "last.pt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] < 6
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout
+    assert_same_weights(weights(tmp_path / "results" / "full"), weights(tmp_path / "results" / "killed"), atol=1e-6)
+    lines = [json.loads(l) for l in open(metrics)]
+    assert [m["epoch"] for m in lines] == list(range(1, 7))
+
+
+def test_seed_quick_start_commands(tmp_path):
+    """The thesis README's three quick-start commands, unchanged, from its code/ folder."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+
+    def run(*args):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=code,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r
+    run("simulate.py", "--n_flat", "100", "--n_pspl", "100", "--n_binary", "100", "--binary_preset", "baseline",
+        "--output", "../data/raw/test.h5")
+    run("train.py", "--data", "../data/raw/test.h5", "--epochs", "5", "--batch-size", "32", "--hierarchical",
+        "--use-aux-head")
+    runs = os.listdir(code / "results")
+    assert len(runs) == 1 and runs[0].startswith("d64_l4_hier")
+    r = run("evaluate.py", "--experiment-name", "d64_l4_hier", "--data", "../data/raw/test.h5")
+    assert "test split, 30 events" in r.stdout
+    out = code / "results" / runs[0] / "eval_test"
+    summary = json.load(open(out / "evaluation_summary.json"))
+    assert summary["rows"] == "test split" and summary["metrics"]["n_events"] == 30
+    for png in ("confusion_matrix", "roc_curves", "calibration", "per_class_metrics", "u0_dependency",
+                "temporal_bias_check", "early_detection_curve", "example_light_curves", "evolution_flat_0"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+    pred = np.load(out / "predictions.npz")
+    split = np.load(code / "results" / runs[0] / "split.npz")
+    assert np.array_equal(pred["rows"], split["test"])
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    assert len(summary["early_detection"]["accuracy"]) == 6
+
+
+def test_seed_long_command(tmp_path, tiny_h5):
+    r = run_script("train.py", "--data", tiny_h5, "--output", str(tmp_path / "results"), "--epochs", "2",
+                   "--batch-size", "64", "--lr", "5e-4", "--weight-decay", "1e-4", "--warmup-epochs", "3",
+                   "--d-model", "64", "--n-layers", "4", "--dropout", "0.3", "--window-size", "5",
+                   "--hierarchical", "--use-aux-head", "--attention-pooling", "--stage1-weight", "1.0",
+                   "--stage2-weight", "1.0", "--aux-weight", "0.5", "--accumulation-steps", "2", "--save-every", "1",
+                   "--model", "cnn_gru", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "results" / "d64_l4_hier_cnn_gru_tiny_s42"
+    assert {"config.json", "split.npz", "metrics.jsonl", "last.pt", "best.pt", "epoch_001.pt",
+            "epoch_002.pt"} <= set(os.listdir(run_dir))
+    ckpt = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["accumulation_steps"] == 2
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "best_metric", "stats", "split"}
+    # --resume of a finished run continues in its own directory
+    again = run_script("train.py", "--data", tiny_h5, "--resume", str(run_dir / "last.pt"), "--epochs", "3",
+                       "--model", "cnn_gru", "--no-progress", "--output", str(tmp_path / "elsewhere"))
+    assert again.returncode == 0, again.stderr
+    assert len(open(run_dir / "metrics.jsonl").readlines()) == 3
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5):
+    for name in ("a", "b"):
+        assert train(tmp_path, tiny_h5, "--epochs", "1", "--seed", str(len(name)), name=name).returncode == 0
+    runs = [str(tmp_path / "results" / n) for n in ("a", "b")]
+    out = tmp_path / "pred.csv"
+    r = run_script("predict.py", "--runs", *runs, "--input", SAMPLES, tiny_h5, "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(out)))
+    assert [r["id"] for r in rows[:2]] == ["ob140939_OGLE.dat", "ulwdc1_012_W149_season1.txt.gz"]
+    assert len(rows) == 2 + 60
+    for row in rows:
+        p = [float(row[k]) for k in ("p_flat", "p_pspl", "p_binary")]
+        assert abs(sum(p) - 1) < 1e-4 and row["class"] in ("flat", "pspl", "binary")
+    # the OGLE curve spans years: it is cut to the 72-day window around its peak (2014, HJD' ~ 6800)
+    assert 6700 < float(rows[0]["window_start"]) < 6900
+    # the ensemble is the mean of the members' probabilities
+    single = [list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("a", "b")
+              if run_script("predict.py", "--runs", str(tmp_path / "results" / n), "--input", SAMPLES,
+                            "--output", str(tmp_path / f"{n}.csv"), "--no-progress").returncode == 0]
+    assert len(single) == 2
+    for k in ("p_flat", "p_binary"):
+        assert abs(float(rows[0][k]) - (float(single[0][0][k]) + float(single[1][0][k])) / 2) < 2e-6
+
+
+def one_error_line(r, prog):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error:"), r.stderr
+    return lines[0]
+
+
+def test_bad_inputs(tmp_path, tiny_h5):
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(2000))
+    assert "not a readable HDF5" in one_error_line(train(tmp_path, str(corrupt)), "train.py")
+    wrong = tmp_path / "wrong.h5"
+    with h5py.File(wrong, "w") as f:
+        f["images"] = np.zeros((3, 4, 4))
+    assert "schema_version" in one_error_line(train(tmp_path, str(wrong)), "train.py")
+    assert "unknown model 'nope'" in one_error_line(train(tmp_path, tiny_h5, "--model", "nope"), "train.py")
+    assert "no such file" in one_error_line(train(tmp_path, str(tmp_path / "missing.h5")), "train.py")
+    # a run directory of another task
+    run_dir = tmp_path / "results" / "other"
+    run_dir.mkdir(parents=True)
+    torch.save({"model": {}, "config": {"task": "lens"}, "model_name": "x", "model_kwargs": {}, "task": "lens",
+                "stats": {}}, run_dir / "last.pt")
+    assert "task 'lens'" in one_error_line(train(tmp_path, tiny_h5, name="other"), "train.py")
+    r = run_script("evaluate.py", "--run", str(run_dir), "--data", tiny_h5)
+    assert "task 'lens'" in one_error_line(r, "evaluate.py")
+    r = run_script("evaluate.py", "--experiment-name", "zzz", "--output", str(tmp_path / "results"))
+    assert "no run matching 'zzz'" in one_error_line(r, "evaluate.py")
+    # photometry: NaN-only, empty, unknown type
+    assert train(tmp_path, tiny_h5, "--epochs", "1", name="ok").returncode == 0
+    nan_file = tmp_path / "nan.dat"
+    nan_file.write_text("\n".join("2459000.%d nan nan" % i for i in range(20)))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n")
+    odd = tmp_path / "curve.xyz"
+    odd.write_text("1 2 3\n")
+    for bad, msg in ((nan_file, "0 usable epochs"), (empty, "no data rows"), (odd, "unknown file type")):
+        r = run_script("predict.py", "--runs", str(tmp_path / "results" / "ok"), "--input", str(bad),
+                       "--output", str(tmp_path / "p.csv"))
+        assert msg in one_error_line(r, "predict.py")
+        assert not (tmp_path / "p.csv").exists()
+    r = run_script("train.py", "--data", tiny_h5, "--unknown-flag")
+    assert "unrecognized arguments" in one_error_line(r, "train.py")
