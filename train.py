@@ -93,6 +93,9 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--output", default="results", help="folder holding run directories")
     g.add_argument("--experiment-name", default=None, help="run directory name (default: from the options)")
+    g.add_argument("--pretrained", default=None,
+                   help="initialise the model from this local checkpoint (same model options), e.g. a run "
+                        "on an easier preset; the optimizer starts afresh")
     g.add_argument("--resume", default=None, help="a checkpoint or run directory to continue (in that directory)")
     g.add_argument("--save-every", type=int, default=0, help="also keep epoch_NNN.pt every N epochs")
     g.add_argument("--seed", type=int, default=42, help="fixes the split, the initialisation and the batch order")
@@ -210,9 +213,20 @@ def main(args):
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_batch, best = ckpt["epoch"], ckpt["step"], ckpt["best_metric"]
+        if start_batch and ckpt["config"].get("world_size") != info.world_size:
+            start_batch = 0  # another process count splits the epoch differently: redo it from its start
         torch.set_rng_state(ckpt["rng"])
         if info.is_main:
             print(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch}", flush=True)
+    elif args.pretrained:
+        try:
+            init = load_checkpoint(args.pretrained, task=args.task)
+        except CheckpointError as err:
+            raise TrainError(str(err)) from None
+        if init["model_name"] != args.model or init["model_kwargs"] != kwargs:
+            raise TrainError(f"--pretrained {args.pretrained}: a {init['model_name']} with {init['model_kwargs']}, "
+                             f"this run builds a {args.model} with {kwargs}")
+        model.load_state_dict(init["model"])
     unwrapped = model
     if args.compile:
         model = torch.compile(model)
@@ -288,5 +302,5 @@ if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     try:
         sys.exit(main(arguments))
-    except (TrainError, NonFiniteLossError) as error:
+    except (TrainError, NonFiniteLossError, distributed.DistributedSetupError) as error:
         sys.exit(f"train.py: error: {error}")

@@ -35,21 +35,27 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DistributedSetupError(RuntimeError):
+    """A launch environment that cannot form a process group."""
+
+
 def _env_int(*names, default=None):
     for name in names:
-        if name in os.environ:
-            return int(os.environ[name])
+        if name in os.environ:  # SLURM writes e.g. "4(x2)" for tasks per node: take the leading number
+            digits = os.environ[name].split("(")[0].split(",")[0]
+            return int(digits)
     return default
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read the launcher's environment, pick the device, join the process group if there is one."""
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    # SLURM_STEP_* exist only inside an srun step, so a plain `python` in an allocation is one process
+    world = _env_int("WORLD_SIZE", "SLURM_STEP_NUM_TASKS", default=1)
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
-    local_world = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", default=1)
+    local_world = _env_int("LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE", default=1)
     if "RANK" not in os.environ and world > 1 and "MASTER_ADDR" not in os.environ:
-        raise RuntimeError("launched by srun without torchrun: set MASTER_ADDR and MASTER_PORT, "
+        raise DistributedSetupError("launched by srun without torchrun: set MASTER_ADDR and MASTER_PORT, "
                            "or use `srun torchrun ...` (see sbatch/train.sbatch)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -191,3 +191,14 @@ def test_reader_rejects_bad_files(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(mlh5.SchemaError, match="schema_version"):
         mlh5.load(other)
+
+
+def test_binary_round_where_no_candidate_passes():
+    """A round of the detectability cut in which every binary candidate fails must not crash
+    (regression: an empty round's magnifications were reshaped to (0, -1))."""
+    from physics.microlensing.events import EventConfig, EventSimulator
+    sim = EventSimulator(EventConfig(preset="baseline", min_snr=200.0))  # most candidates fail
+    rng = np.random.default_rng(0)
+    params, magnification = sim._lensed(rng, 2, binary=True)
+    assert magnification.shape == (2, len(sim.t)) and np.isfinite(params["q"]).all()
+    assert (magnification.max(axis=1) > 1.0).all()

@@ -163,7 +163,7 @@ class EventSimulator:
                     if detectable(cfg, cand[k:k + 1], a)[0]:
                         take.append(k)
                         amp.append(a[0])
-                cand, amp = cand[take], np.array(amp).reshape(len(take), -1)
+                cand, amp = cand[take], np.array(amp, dtype=np.float32).reshape(len(take), len(self.t))
             else:
                 amp = pspl_magnification(self.t, cand["t0"][:, None], cand["tE"][:, None], cand["u0"][:, None],
                                          dtype=np.float32)
