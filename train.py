@@ -70,7 +70,7 @@ def get_args_parser():
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--dropout", type=float, default=0.1)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
-    g.add_argument("--patch-size", type=int, default=8, help="patch_transformer: grid steps per token")
+    g.add_argument("--patch-size", type=int, default=16, help="patch_transformer: grid steps per token")
     g.add_argument("--attention-pooling", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--use-aux-head", action=argparse.BooleanOptionalAction, default=True)
