@@ -52,7 +52,8 @@ def predict_log_probs(model, features, stats: dict, batch_size: int = 256, devic
     """features (N, T, 4) (numpy, any float type) → log-probabilities (N, 3) float64."""
     model = model.to(device).eval()
     out = []
-    for i in tqdm(range(0, len(features), batch_size), desc=desc, disable=not progress, leave=False):
+    for i in tqdm(range(0, len(features), batch_size), desc=desc, leave=False,
+                  disable=not progress or len(features) <= batch_size):
         x = torch.from_numpy(np.asarray(features[i:i + batch_size], dtype=np.float32)).to(device)
         out.append(model(normalize(x, stats))["log_probs"].double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 3))
