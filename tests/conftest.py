@@ -15,3 +15,29 @@ def run_script(*args, timeout=600):
 @pytest.fixture
 def script():
     return run_script
+
+
+SAMPLES = os.environ.get("LENSING_SAMPLES", os.path.join(os.path.dirname(ROOT), "shared", "samples", "microlensing"))
+
+
+@pytest.fixture(scope="session")
+def photometry_dir(tmp_path_factory):
+    """Two photometry files shaped like ../shared/samples/microlensing (which a clean clone may
+    lack): years of irregular OGLE-like survey data (full BJD, 5 columns) with a single-lens peak
+    at HJD' 6830, and one gzipped Roman-like 72-day season at 15.16-min cadence."""
+    import gzip
+
+    import numpy as np
+    folder = tmp_path_factory.mktemp("photometry")
+    rng = np.random.default_rng(1)
+    t = np.sort(np.concatenate([rng.uniform(5265, 6900, 400), rng.uniform(6815, 6845, 85)]))
+    u = np.hypot(0.3, (t - 6830) / 20.0)
+    A = (u ** 2 + 2) / (u * np.sqrt(u ** 2 + 4))
+    mag = 15.4 - 2.5 * np.log10(A) + 0.004 * rng.standard_normal(len(t))
+    rows = [f"{2450000 + a:.5f} {m:.3f} 0.004 5.0 400.0" for a, m in zip(t, mag)]
+    (folder / "ob140939_OGLE.dat").write_text("\n".join(rows) + "\n")
+    t = 8526.2589 + np.arange(0, 72, 15.16 / 1440)
+    mag = 19.7 + 0.005 * rng.standard_normal(len(t))
+    with gzip.open(folder / "ulwdc1_012_W149_season1.txt.gz", "wt") as f:
+        f.write("\n".join(f"{2450000 + a:.6f} {m:.6f} 0.0055" for a, m in zip(t, mag)) + "\n")
+    return str(folder)

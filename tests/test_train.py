@@ -14,7 +14,6 @@ import torch
 from tests.conftest import ROOT, run_script
 
 TINY = ["--d-model", "16", "--n-layers", "1", "--dropout", "0", "--no-progress"]
-SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "samples", "microlensing")
 
 
 @pytest.fixture(scope="session")
@@ -150,12 +149,12 @@ def test_seed_long_command(tmp_path, tiny_h5):
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5):
+def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5, photometry_dir):
     for name in ("a", "b"):
         assert train(tmp_path, tiny_h5, "--epochs", "1", "--seed", str(len(name)), name=name).returncode == 0
     runs = [str(tmp_path / "results" / n) for n in ("a", "b")]
     out = tmp_path / "pred.csv"
-    r = run_script("predict.py", "--runs", *runs, "--input", SAMPLES, tiny_h5, "--output", str(out), "--no-progress")
+    r = run_script("predict.py", "--runs", *runs, "--input", photometry_dir, tiny_h5, "--output", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     import csv
     rows = list(csv.DictReader(open(out)))
@@ -168,7 +167,7 @@ def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5):
     assert 6700 < float(rows[0]["window_start"]) < 6900
     # the ensemble is the mean of the members' probabilities
     single = [list(csv.DictReader(open(tmp_path / f"{n}.csv"))) for n in ("a", "b")
-              if run_script("predict.py", "--runs", str(tmp_path / "results" / n), "--input", SAMPLES,
+              if run_script("predict.py", "--runs", str(tmp_path / "results" / n), "--input", photometry_dir,
                             "--output", str(tmp_path / f"{n}.csv"), "--no-progress").returncode == 0]
     assert len(single) == 2
     for k in ("p_flat", "p_binary"):
