@@ -25,6 +25,7 @@ import sys
 import numpy as np
 import torch
 
+from engine.cli import OneLineErrorParser
 from data import microlensing as task_data
 from data import microlensing_h5 as mlh5
 from data.lightcurves import light_curve_features, truncate
@@ -37,11 +38,6 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 class EvaluateError(Exception):
     """Bad input: reported as one line."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def get_args_parser():

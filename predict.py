@@ -12,7 +12,6 @@ centred on its brightest point (the window start is in the CSV). Runs offline.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from engine.cli import OneLineErrorParser
 from data import microlensing as task_data
 from data.photometry import is_photometry_file
 from engine.checkpoint import CheckpointError
@@ -29,11 +29,6 @@ from engine.inference import load_run, predict_log_probs
 
 class PredictError(Exception):
     """Bad input: reported as one line."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def get_args_parser():

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import physics
 from data import microlensing_h5 as mlh5
+from engine.cli import OneLineErrorParser
 from physics.microlensing.events import BLOCK_SIZE, PRESETS, EventConfig, EventSimulator, shuffled_labels
 
 TASKS = ("microlensing",)
@@ -59,13 +60,6 @@ def shard_spec(text):
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError(f"shard index must satisfy 0 <= I < N, got {text}")
     return index, count
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one error line (no usage block) and exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def get_args_parser():

@@ -28,6 +28,7 @@ import sys
 import numpy as np
 import torch
 
+from engine.cli import OneLineErrorParser
 from data import microlensing as task_data
 from data import microlensing_h5 as mlh5
 from data.lightcurves import feature_stats, normalize
@@ -47,11 +48,6 @@ IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attenti
 
 class TrainError(Exception):
     """Bad input or a run directory that cannot be used: reported as one line."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def get_args_parser():

@@ -18,7 +18,7 @@ from engine.distributed import DistInfo, all_reduce_sum
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The training loss became NaN or infinite: the run stops rather than saving garbage."""
 
 
 class StopRequest:

@@ -41,3 +41,13 @@ def photometry_dir(tmp_path_factory):
     with gzip.open(folder / "ulwdc1_012_W149_season1.txt.gz", "wt") as f:
         f.write("\n".join(f"{2450000 + a:.6f} {m:.6f} 0.0055" for a, m in zip(t, mag)) + "\n")
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory):
+    """60 simulated events (20 per class) shared by the training tests."""
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    r = run_script("simulate.py", "--n-flat", "20", "--n-pspl", "20", "--n-binary", "20", "--seed", "3",
+                   "--output", str(path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return str(path)

@@ -1,5 +1,4 @@
 """The generic loop: schedule, AMP settings, non-finite loss, signals; bf16/fp16 runs on CPU."""
-import math
 import signal
 
 import numpy as np
@@ -9,7 +8,7 @@ import torch
 from engine.distributed import DistInfo
 from engine.trainer import NonFiniteLossError, StopRequest, amp_settings, train_one_epoch, warmup_cosine
 from models.layers import ClassifierLoss
-from tests.test_train import TINY, tiny_h5, train  # noqa: F401
+from tests.test_train import train
 
 
 def test_warmup_cosine_schedule():
@@ -64,7 +63,7 @@ def test_stop_request_on_sigusr1():
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_reduced_precision_runs_on_cpu(tmp_path, tiny_h5, amp):  # noqa: F811
+def test_reduced_precision_runs_on_cpu(tmp_path, tiny_h5, amp):
     r = train(tmp_path, tiny_h5, "--epochs", "1", "--batch-size", "16", "--amp", amp, name=amp)
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(tmp_path / "results" / amp / "last.pt", map_location="cpu", weights_only=True)

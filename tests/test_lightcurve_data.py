@@ -11,7 +11,6 @@ from data.lightcurves import feature_stats, grid_size, light_curve_features
 from data.photometry import PhotometryError, read_photometry, season_window
 from engine.distributed import DistInfo
 from tests.conftest import SAMPLES
-from tests.test_train import tiny_h5  # noqa: F401  (session fixture)
 
 GRID = {"season_days": 72.0, "bin_minutes": 120.0, "n_bins": 864, "bin_days": 120 / 1440}
 
@@ -57,7 +56,7 @@ def test_bad_photometry(tmp_path):
         read_photometry(tmp_path / "two.dat")
 
 
-def test_simulated_row_as_text_gives_the_same_features(tmp_path, tiny_h5):  # noqa: F811
+def test_simulated_row_as_text_gives_the_same_features(tmp_path, tiny_h5):
     """A simulated event written out as photometry goes through the same features as in the HDF5."""
     from data import microlensing_h5 as mlh5
     d = mlh5.load(tiny_h5)

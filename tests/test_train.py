@@ -8,21 +8,11 @@ import time
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 from tests.conftest import ROOT, run_script
 
 TINY = ["--d-model", "16", "--n-layers", "1", "--dropout", "0", "--no-progress"]
-
-
-@pytest.fixture(scope="session")
-def tiny_h5(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    r = run_script("simulate.py", "--n-flat", "20", "--n-pspl", "20", "--n-binary", "20", "--seed", "3",
-                   "--output", str(path), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return str(path)
 
 
 def train(tmp_path, data, *extra, name="run", cwd=ROOT):
