@@ -13,6 +13,7 @@ centred on its brightest point (the window start is in the CSV). Runs offline.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 
@@ -70,10 +71,13 @@ def main(args):
     files = input_files(args.input)
     rows, bad = [], []
     for path in tqdm(files, desc="files", disable=args.no_progress or len(files) < 2):
-        log_probs = []
+        log_probs, by_grid = [], {}  # members sharing a feature grid share one read of the file
         try:
             for ckpt, model, _ in runs:
-                feats, ids, infos = task_data.file_features(path, ckpt["grid"], progress=not args.no_progress)
+                key = json.dumps(ckpt["grid"], sort_keys=True)
+                if key not in by_grid:
+                    by_grid[key] = task_data.file_features(path, ckpt["grid"], progress=not args.no_progress)
+                feats, ids, infos = by_grid[key]
                 log_probs.append(predict_log_probs(model, feats, ckpt["stats"], args.batch_size, device))
         except task_data.DataError as err:
             if not args.skip_bad:

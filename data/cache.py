@@ -59,9 +59,6 @@ class SharedArrays:
     def __getitem__(self, name):
         return self.arrays[name]
 
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
     def remove(self) -> None:
         """Delete the node's copy once every rank is done with it."""
         self.arrays = {}

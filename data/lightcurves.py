@@ -115,7 +115,7 @@ def feature_stats(features: np.ndarray, rows=None, block: int = 2048) -> dict:
 
 
 def normalize(x, stats: dict):
-    """Standardise channels 0-2 of a (..., 4) torch tensor in place of a copy; masked bins stay 0."""
+    """A standardised copy of a (..., 4) torch tensor: channels 0-2 scaled, masked bins kept at 0."""
     import torch
     mean = torch.tensor(stats["mean"], dtype=x.dtype, device=x.device)
     std = torch.tensor(stats["std"], dtype=x.dtype, device=x.device)

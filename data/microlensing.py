@@ -123,7 +123,7 @@ def file_features(path, grid: dict, progress: bool = True):
         return features, ids, [{"window_start": 0.0} for _ in ids]
     if not is_photometry_file(path):
         raise DataError(f"{path}: unknown file type (expected .h5 or text photometry: "
-                        f"{', '.join(s for s in ('.dat', '.txt', '.csv', '.tbl'))}, optionally .gz)")
+                        "time, magnitude, error in .dat, .txt, .csv or .tbl, optionally .gz)")
     try:
         time, mag, err = read_photometry(path)
     except PhotometryError as e:
