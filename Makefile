@@ -39,6 +39,7 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) bench/bench_simulate.py
 	$(PY) bench/bench_train.py --parts throughput
+	$(PY) bench/bench_lens_simulate.py --parts throughput memory
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -13,15 +13,28 @@ Microlensing light curves (flat / PSPL / binary) on a Roman-like 72-day season:
         --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --output shards/part_$SLURM_ARRAY_TASK_ID.h5
     python simulate.py --merge shards/part_*.h5 --output data/baseline.h5
 
-The output is identical for a given --seed whatever --num-workers or sharding. A killed run
-leaves `<output>.partial`; the same command resumes it. Existing outputs are never replaced
-without --overwrite.
+Strong-lensing images (physics in physics/strong, formats in data/lens_images.py):
+
+    # LSST challenge layout: DIR/lenses|nonlenses/D1_{L|N}IIIIIII_b.fits, grizy 41x41 at 0.2"
+    python simulate.py --task lens --config lsst --n-lens 1000 --n-nonlens 1000 --format fits \
+        --output data/lsst --preview 8
+    # DeepLense Model I substructure classes: DIR/no|sphere|vort/IIIIIII.npy, (1,150,150) float64
+    python simulate.py --task substructure --config deeplense-model1 --n-per-class 1000 --format npy \
+        --output data/model1 --num-workers 2
+    # super-resolution pairs DIR/LR, DIR/HR (75x75 at 0.1", 150x150 at 0.05"), or one packed file
+    python simulate.py --task superres --n 1000 --format npy --output data/sr
+    python simulate.py --task substructure --n-per-class 10000 --format h5 --output data/model1.h5 \
+        --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --device cuda
+
+The output is identical for a given --seed whatever --num-workers or sharding (on one device,
+with one --compile setting). A killed run resumes when the same command is run again
+(`<output>.partial` for files, a state file inside folders). Existing outputs are never
+replaced without --overwrite.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -30,15 +43,17 @@ import time
 from tqdm import tqdm
 
 import physics
+from data import lens_images
 from data import microlensing_h5 as mlh5
+from engine import image_sim
 from engine.cli import OneLineErrorParser
+from engine.image_sim import SimulationError
+from engine.workers import Interrupted, ordered_results
 from physics.microlensing.events import BLOCK_SIZE, PRESETS, EventConfig, EventSimulator, shuffled_labels
+from physics.strong.scenes import CONFIGS
 
-TASKS = ("microlensing",)
-
-
-class SimulationError(Exception):
-    """Bad input or an output that cannot be written: reported as one line."""
+TASKS = ("microlensing", "lens", "substructure", "superres")
+DEFAULT_CONFIG = {"lens": "lsst", "substructure": "deeplense-model1", "superres": "superres"}
 
 
 def non_negative_int(text):
@@ -49,6 +64,13 @@ def non_negative_int(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def band_list(text):
+    bands = [b.strip() for b in text.split(",") if b.strip()]
+    if not bands:
+        raise argparse.ArgumentTypeError(f"expected bands like g,r,i, got {text!r}")
+    return bands
 
 
 def shard_spec(text):
@@ -66,7 +88,8 @@ def get_args_parser():
     parser = OneLineErrorParser("simulate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="microlensing", choices=TASKS)
-    parser.add_argument("--output", required=True, help="output file (.h5)")
+    parser.add_argument("--output", required=True,
+                        help="output file (.h5), or folder for the npy / fits image layouts")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num-workers", "--num_workers", type=int, default=1,
@@ -75,7 +98,9 @@ def get_args_parser():
                         help="write only shard I of N (0-based), for SLURM job arrays")
     parser.add_argument("--merge", nargs="+", metavar="SHARD",
                         help="merge these shard files into --output instead of simulating")
-    parser.add_argument("--preview", metavar="PNG", help="write a grid of example light curves per class")
+    parser.add_argument("--preview", metavar="PNG|N",
+                        help="write a grid of examples per class: a .png path, or a number N of examples per "
+                             "class (images only; written next to the output)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ml = parser.add_argument_group("microlensing")
     ml.add_argument("--n-flat", "--n_flat", type=non_negative_int, default=100)
@@ -89,6 +114,24 @@ def get_args_parser():
     ml.add_argument("--min-snr", type=float, default=5.0,
                     help="detectability cut: epochs with lensing signal >= this many sigma ...")
     ml.add_argument("--min-epochs", type=int, default=3, help="... at least this many of them")
+    im = parser.add_argument_group("strong-lensing images (--task lens | substructure | superres)")
+    im.add_argument("--config", choices=list(CONFIGS),
+                    help="; ".join(f"{c.name}: {c.doc}" for c in CONFIGS.values())
+                    + " (default: lsst for lens, deeplense-model1 for substructure, superres for superres)")
+    im.add_argument("--n-lens", type=non_negative_int, default=100)
+    im.add_argument("--n-nonlens", type=non_negative_int, default=100)
+    im.add_argument("--n-per-class", type=non_negative_int, default=100, help="substructure: images per class")
+    im.add_argument("--n", type=non_negative_int, default=100, help="superres: image pairs")
+    im.add_argument("--format", choices=lens_images.FORMATS, default="h5",
+                    help="npy / fits folders in the public layouts, or one packed h5 file (default)")
+    im.add_argument("--bands", type=band_list, help="subset of the config's bands, e.g. g,r,i")
+    im.add_argument("--min-arc-snr", type=float, default=None,
+                    help="lens task: redraw lenses (and non-lens rings, spirals, mergers, pairs) whose blue "
+                         "feature has S/N below this (default 10; 0 keeps everything)")
+    im.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the ray shooting")
+    im.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help=f"torch.compile the ray shooting (auto: substructure and superres runs from "
+                         f"{image_sim.COMPILE_AUTO_MIN} images)")
     return parser
 
 
@@ -108,14 +151,6 @@ def _run_block(job):
 
 
 # --------------------------------------------------------------------------- parent side
-class Interrupted(Exception):
-    pass
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def check_output(path, overwrite):
     """Fail early (before any work) if the output cannot or must not be written."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
@@ -177,31 +212,23 @@ def run_microlensing(args):
     if done:
         print(f"resuming {partial} at row {done} of {row_stop - row_start}")
 
-    old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
-    pool = None
     start_time = time.perf_counter()
     write_seconds = 0.0
     last_flush = start_time
     bar = tqdm(total=row_stop - row_start, initial=done, unit="ev", disable=args.no_progress,
                desc=f"simulate {cfg.preset}")
     try:
-        if args.num_workers > 1:
-            pool = mp.get_context("spawn").Pool(args.num_workers, _init_worker, (cfg_kwargs,))
-            results = pool.imap(_run_block, jobs, chunksize=1)
-        else:
-            _init_worker(cfg_kwargs)
-            signal.signal(signal.SIGINT, _raise_interrupted)
-            results = map(_run_block, jobs)
-        for (_, block_index, block_labels), block in zip(jobs, results):
-            start = block_index * BLOCK_SIZE - row_start
-            tick = time.perf_counter()
-            mlh5.write_rows(f, start, block_labels, block)
-            if tick - last_flush > 2.0 or block_index == last - 1:  # resume point every ~2 s
-                f.attrs["rows_done"] = start + len(block_labels)
-                f.flush()
-                last_flush = tick
-            write_seconds += time.perf_counter() - tick
-            bar.update(len(block_labels))
+        with ordered_results(_run_block, jobs, args.num_workers, _init_worker, (cfg_kwargs,)) as results:
+            for (_, block_index, block_labels), block in zip(jobs, results):
+                start = block_index * BLOCK_SIZE - row_start
+                tick = time.perf_counter()
+                mlh5.write_rows(f, start, block_labels, block)
+                if tick - last_flush > 2.0 or block_index == last - 1:  # resume point every ~2 s
+                    f.attrs["rows_done"] = start + len(block_labels)
+                    f.flush()
+                    last_flush = tick
+                write_seconds += time.perf_counter() - tick
+                bar.update(len(block_labels))
     except Interrupted as why:
         rows = int(f.attrs["rows_done"])
         f.close()
@@ -209,10 +236,6 @@ def run_microlensing(args):
                               f"rerun the same command to resume from {partial}") from None
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
     del f.attrs["rows_done"], f.attrs["run_signature"]
     f.close()
     os.replace(partial, args.output)
@@ -225,6 +248,14 @@ def run_microlensing(args):
 def run_merge(args):
     check_output(args.output, args.overwrite)
     partial = args.output + ".partial"
+    if _image_shard(args.merge[0]):
+        try:
+            n = image_sim.merge_h5(args.merge, partial)
+        except OSError as err:
+            raise SimulationError(f"cannot merge into {args.output}: {err}") from None
+        os.replace(partial, args.output)
+        print(f"merged {len(args.merge)} shards ({n} images) into {args.output}")
+        return
     try:
         n = mlh5.merge_shards(args.merge, partial)
     except (mlh5.SchemaError, OSError) as err:
@@ -235,23 +266,76 @@ def run_merge(args):
     print(f"merged {len(args.merge)} shards ({n} events) into {args.output}")
 
 
+def _image_shard(path):
+    try:
+        with mlh5.h5py.File(path, "r") as f:
+            return f.attrs.get("task") in TASKS[1:]
+    except OSError:
+        return False
+
+
+def image_setup(args):
+    """Validated (config, bands) for an image task."""
+    name = args.config or DEFAULT_CONFIG[args.task]
+    cfg = CONFIGS[name]
+    if cfg.task != args.task:
+        raise SimulationError(f"--config {name} makes {cfg.task} images, not --task {args.task}")
+    try:
+        bands = cfg.band_list(args.bands)
+    except ValueError as err:
+        raise SimulationError(str(err)) from None
+    if args.format == "fits" and cfg.task != "lens":
+        raise SimulationError(f"--format fits is the LSST lens-challenge layout; use npy or h5 for {cfg.task}")
+    if args.min_arc_snr is None:
+        args.min_arc_snr = 10.0 if cfg.task == "lens" else 0.0
+    elif args.min_arc_snr > 0 and cfg.task != "lens":
+        raise SimulationError("--min-arc-snr applies to --task lens only")
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise SimulationError(f"--device {args.device}: no CUDA device is available")
+    return cfg, bands
+
+
+def preview_spec(args):
+    """(png path, examples per class) from --preview PNG|N."""
+    if args.preview.isdigit():
+        base = args.output.rstrip("/")
+        png = os.path.join(base, "preview.png") if args.format != "h5" and args.task != "microlensing" \
+            else os.path.splitext(base)[0] + "_preview.png"
+        return png, int(args.preview)
+    return args.preview, 6
+
+
 def main(args):
     if args.num_workers < 1:
         raise SimulationError(f"--num-workers must be >= 1, got {args.num_workers}")
+    if args.preview and args.preview.isdigit() and int(args.preview) < 1:
+        raise SimulationError(f"--preview needs at least 1 example per class, got {args.preview}")
     if args.merge:
         run_merge(args)
-    else:
+        return
+    if args.task == "microlensing":
         run_microlensing(args)
+        if args.preview:
+            from plots.lightcurves import plot_examples
+            png, _ = preview_spec(args)
+            plot_examples(args.output, png)
+            print(f"wrote {png}")
+        return
+    cfg, bands = image_setup(args)
+    image_sim.run(args, cfg, bands)
     if args.preview:
-        from plots.lightcurves import plot_examples
-        plot_examples(args.output, args.preview)
-        print(f"wrote {args.preview}")
+        from plots.lens_images import plot_examples as plot_images
+        png, per_class = preview_spec(args)
+        plot_images(args.output, args.format, cfg, bands, png, per_class)
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":
     parsed = get_args_parser().parse_args()
     try:
         main(parsed)
-    except (SimulationError, mlh5.SchemaError) as err:
+    except (SimulationError, mlh5.SchemaError, lens_images.ImageFormatError) as err:
         print(f"simulate.py: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -51,3 +51,20 @@ def tiny_h5(tmp_path_factory):
                    "--output", str(path), "--no-progress")
     assert r.returncode == 0, r.stderr
     return str(path)
+
+
+def terminate_when(args, ready, timeout=120):
+    """Start a script, send SIGTERM once ready() is true (or it has run `timeout` s), and return
+    (returncode, stderr); skips the calling test if the script finished first."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    return proc.returncode, err

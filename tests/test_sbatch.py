@@ -110,3 +110,25 @@ def test_pipeline_runs_locally(tmp_path):
         summary = json.load(f)
     assert not os.path.exists(f"/dev/shm/lensing-local-{name}")  # the staged copy is removed
     assert summary["rows"] == "test split"  # evaluate recognised the training file: no training events scored
+
+
+def test_image_array_shards_fill_one_folder(tmp_path):
+    """Two array tasks writing the LSST FITS layout into one folder give the one-shot run's files."""
+    from data import lens_images
+    env = dict(os.environ, OUT=str(tmp_path / "sharded"), TASK="lens", N="40", FORMAT="fits", SEED="3",
+               VENV=sys.prefix, SLURM_ARRAY_TASK_COUNT="2", SLURM_CPUS_PER_TASK="1")
+    for task in ("1", "0"):
+        r = subprocess.run(["bash", "sbatch/simulate_images.sbatch"], cwd=ROOT, capture_output=True, text=True,
+                           env=dict(env, SLURM_ARRAY_TASK_ID=task))
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "simulate.py", "--task", "lens", "--n-lens", "40", "--n-nonlens", "40",
+                        "--format", "fits", "--seed", "3", "--no-progress", "--output", str(tmp_path / "one")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.fits"))
+    sharded = sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*.fits"))
+    assert one == sharded and len(one) == 80 * 5
+    for name in one[::37]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "sharded" / name).read_bytes()
+    tables = [lens_images.read_params_csv(str(tmp_path / "sharded" / f"params_shard{i}of2.csv")) for i in (0, 1)]
+    assert sorted(np.concatenate([t["index"] for t in tables]).tolist()) == list(range(80))

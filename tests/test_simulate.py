@@ -1,9 +1,7 @@
 """simulate.py --task microlensing for real on tiny sizes: schema, determinism, shards,
 class balance and hygiene, resume after a kill, and bad input."""
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -12,7 +10,7 @@ from scipy import stats
 
 from data import microlensing_h5 as mlh5
 from physics.microlensing.survey import model_magnitude
-from tests.conftest import ROOT
+from tests.conftest import ROOT, terminate_when
 
 COUNTS = ["--n-flat", "30", "--n-pspl", "30", "--n-binary", "30"]
 
@@ -151,29 +149,22 @@ def test_unwritable_output(tmp_path, script):
 
 
 def test_killed_run_resumes_to_the_same_file(tmp_path, script):
-    # binaries are slow enough (~100/s) that the run is still going after the first
-    # resume point (written every ~2 s)
     counts = ["--n-flat", "64", "--n-pspl", "64", "--n-binary", "512", "--seed", "5"]
     ref = tmp_path / "ref.h5"
     assert script("simulate.py", *counts, "--output", str(ref), "--no-progress").returncode == 0
     out = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "simulate.py", *counts, "--output", str(out), "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "killed.h5.partial"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # wait until some rows are written
+
+    def some_rows_written():
         try:
             with h5py.File(partial, "r", locking=False) as f:
-                if f.attrs.get("rows_done", 0) > 0:
-                    break
+                return f.attrs.get("rows_done", 0) > 0
         except (OSError, KeyError):
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before it could be interrupted")
-    assert proc.returncode == 2 and "resume" in err, err
+            return False
+
+    # binaries are slow enough (~100/s) that the run is still going after the first resume point
+    code, err = terminate_when(["simulate.py", *counts, "--output", str(out), "--no-progress"], some_rows_written)
+    assert code == 2 and "resume" in err, err
     assert partial.exists() and not out.exists()
     r = script("simulate.py", *counts, "--output", str(out), "--no-progress")
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr

@@ -1,0 +1,301 @@
+"""Simulation configurations and the random scenes they draw.
+
+A scene is a dict of float64 CPU tensors, one row per image (shapes in `render.py`), that
+`physics.strong.render.Renderer` turns into images; `params` is the row-aligned table of
+true parameters written next to the images. Both classes of a task share every parameter
+distribution that physics allows (deflector galaxies, seeing, depth, field objects, the
+colours and brightness of blue features), so a classifier cannot learn a shortcut.
+
+Configurations (`CONFIGS`):
+- `deeplense-model1`: the public DeepLense "Model I" substructure set (REFERENCE.md):
+  SIE + shear, Sersic source, classes no / sphere (25 point-mass subhalos) / vort (a line of
+  100 point masses), 150x150 at 0.05", Gaussian PSF 0.087", min-max scaled.
+- `lsst`: grizy 41x41 at 0.2", seeing 0.6-0.9" (Moffat), LSST 10-year depth, lens galaxies
+  with their own light; non-lenses include rings, spirals, mergers and close pairs.
+- `lens-finding-64`: the lsst scenes in gri, 64x64, each channel min-max scaled.
+- `superres`: Model I scenes (all three classes) at 150x150 / 0.05" (HR) and 75x75 / 0.1"
+  with a wider PSF and more noise (LR).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from physics.strong.cosmology import point_mass_einstein_radius
+from physics.strong.instrument import LSST_BANDS, magnitude_to_flux
+from physics.strong.mass import q_phi_to_ellipticity
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    name: str
+    task: str                      # lens | substructure | superres
+    classes: tuple                 # class names, label = index
+    bands: tuple                   # band names
+    size: int                      # pixels per side
+    pixel_scale: float             # arcsec
+    supersample: int               # sub-pixels per pixel side for ray shooting
+    psf: str                       # gaussian | moffat
+    psf_fwhm: tuple                # arcsec, (lo, hi) drawn per image and band
+    scaling: str                   # minmax (per image) | minmax-channel | flux (zero point 27)
+    dtype: str                     # numpy dtype of written images
+    folders: tuple = ()            # class folder names in the npy / fits layouts
+    doc: str = ""
+    lr: dict = field(default_factory=dict)  # superres: low-resolution size, pixel scale, PSF, noise
+
+    def band_list(self, bands=None):
+        """The requested bands (default all); unknown ones raise ValueError."""
+        if bands is None:
+            return self.bands
+        missing = [b for b in bands if b not in self.bands]
+        if missing or not bands:
+            raise ValueError(f"config {self.name} has bands {','.join(self.bands)}; "
+                             f"cannot make {','.join(missing) or 'an empty band list'}")
+        return tuple(bands)
+
+
+CONFIGS = {c.name: c for c in [
+    ImageConfig("deeplense-model1", "substructure", ("no", "sphere", "vort"), ("vis",), 150, 0.05, 1,
+                "gaussian", (0.087, 0.087), "minmax", "float64", ("no", "sphere", "vort"),
+                "DeepLense Model I: 150x150 at 0.05\", no / sphere / vort, min-max scaled float64"),
+    ImageConfig("lsst", "lens", ("nonlens", "lens"), ("g", "r", "i", "z", "y"), 41, 0.2, 3,
+                "moffat", (0.6, 0.9), "flux", "float32", ("nonlenses", "lenses"),
+                "LSST-like grizy 41x41 at 0.2\", flux at zero point 27"),
+    ImageConfig("lens-finding-64", "lens", ("nonlens", "lens"), ("g", "r", "i"), 64, 0.2, 3,
+                "moffat", (0.6, 0.9), "minmax-channel", "float32", ("nonlenses", "lenses"),
+                "DeepLense lens-finding-like gri 64x64, each channel min-max scaled"),
+    ImageConfig("superres", "superres", ("no", "sphere", "vort"), ("vis",), 150, 0.05, 2,
+                "gaussian", (0.087, 0.087), "minmax", "float32", ("HR",),
+                "Model I scenes: HR 150x150 at 0.05\", LR 75x75 at 0.1\"",
+                lr=dict(size=75, pixel_scale=0.1, psf_fwhm=(0.15, 0.25), noise_factor=2.0)),
+]}
+
+
+
+def uniform(gen, shape, lo, hi):
+    return lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
+
+
+def log_uniform(gen, shape, lo, hi):
+    return torch.exp(uniform(gen, shape, math.log(lo), math.log(hi)))
+
+
+def power_law(gen, shape, lo, hi, slope):
+    """Samples of p(m) ~ m^slope on [lo, hi] (slope != -1), by inverting the CDF."""
+    a = slope + 1
+    u = torch.rand(shape, generator=gen, dtype=torch.float64)
+    return (lo ** a + u * (hi ** a - lo ** a)) ** (1 / a)
+
+
+def sample(cfg, labels, gen):
+    """Scene and parameter table for `labels` (LongTensor of class indices)."""
+    if cfg.name in ("deeplense-model1", "superres"):
+        return sample_model1(cfg, labels, gen)
+    return sample_survey(cfg, labels, gen)
+
+
+# --------------------------------------------------------------------------- Model I
+N_SUBHALOS = 25
+N_VORTEX = 100
+SUBHALO_MASS = (1e6, 1e10)     # solar masses, p(m) ~ m^-0.9
+SUBHALO_RADIUS = (0.25, 2.0)   # arcsec
+VORTEX_MASS = 3e10             # solar masses in total
+AXION_MASS = (1e-24, 1e-22)    # eV, log-uniform
+Z_LENS, Z_SOURCE = 0.5, 1.0
+
+
+def sample_model1(cfg, labels, gen):
+    n = len(labels)
+    theta_e = uniform(gen, n, 1.2, 1.6)
+    src_x, src_y = uniform(gen, n, -0.35, 0.35), uniform(gen, n, -0.35, 0.35)
+    # substructure: sphere = 25 point masses, vort = 100 point masses on a line
+    mass = power_law(gen, (n, N_SUBHALOS), *SUBHALO_MASS, -0.9)
+    radius = uniform(gen, (n, N_SUBHALOS), *SUBHALO_RADIUS)
+    angle = uniform(gen, (n, N_SUBHALOS), 0, 2 * math.pi)
+    m_axion = log_uniform(gen, n, *AXION_MASS)
+    half_length = 0.03 * (1e-22 / m_axion)
+    vortex_angle = uniform(gen, n, 0, math.pi)
+    peak_snr = uniform(gen, n, 240, 330)  # background sigma / peak as in the public set
+    sphere, vort = labels == 1, labels == 2
+
+    pm_theta = torch.zeros(n, N_VORTEX, dtype=torch.float64)
+    pm_x, pm_y = torch.zeros_like(pm_theta), torch.zeros_like(pm_theta)
+    pm_theta[sphere, :N_SUBHALOS] = point_mass_einstein_radius(mass[sphere], Z_LENS, Z_SOURCE)
+    pm_x[sphere, :N_SUBHALOS] = (radius * torch.cos(angle))[sphere]
+    pm_y[sphere, :N_SUBHALOS] = (radius * torch.sin(angle))[sphere]
+    t = torch.linspace(-1, 1, N_VORTEX, dtype=torch.float64)
+    pm_theta[vort] = point_mass_einstein_radius(VORTEX_MASS / N_VORTEX, Z_LENS, Z_SOURCE)
+    pm_x[vort] = (half_length[:, None] * t * torch.cos(vortex_angle)[:, None])[vort]
+    pm_y[vort] = (half_length[:, None] * t * torch.sin(vortex_angle)[:, None])[vort]
+
+    zeros, ones = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    scene = dict(
+        theta_e=theta_e, lens_e1=zeros + 0.1, lens_e2=zeros.clone(), lens_x=zeros.clone(), lens_y=zeros.clone(),
+        core=zeros.clone(), gamma1=zeros + 0.05, gamma2=zeros.clone(),
+        pm_theta_e=pm_theta, pm_x=pm_x, pm_y=pm_y,
+        src_flux=ones[:, None].clone(), src_r_e=zeros + 0.25, src_n=ones.clone(), src_e1=zeros - 0.1,
+        src_e2=zeros + 0.1, src_x=src_x, src_y=src_y,
+        peak_snr=peak_snr,
+    )
+    if cfg.lr:  # superres: the low-resolution image's PSF
+        scene["psf_fwhm_lr"] = uniform(gen, n, *cfg.lr["psf_fwhm"])
+    nan = torch.full((n,), math.nan, dtype=torch.float64)
+    sub_mass = torch.where(sphere[:, None], mass, torch.zeros_like(mass))
+    params = dict(
+        theta_e=theta_e, lens_e1=scene["lens_e1"], lens_e2=scene["lens_e2"],
+        gamma1=scene["gamma1"], gamma2=scene["gamma2"],
+        src_x=src_x, src_y=src_y, src_r_e=scene["src_r_e"], src_n=scene["src_n"],
+        src_e1=scene["src_e1"], src_e2=scene["src_e2"],
+        n_subhalos=torch.where(sphere, N_SUBHALOS, 0).to(torch.float64),
+        subhalo_mass_total=sub_mass.sum(1),
+        subhalo_mass_max=sub_mass.max(1).values,
+        subhalo_masses=torch.where(sphere[:, None], mass, nan[:, None]),
+        subhalo_x=torch.where(sphere[:, None], pm_x[:, :N_SUBHALOS], nan[:, None]),
+        subhalo_y=torch.where(sphere[:, None], pm_y[:, :N_SUBHALOS], nan[:, None]),
+        m_axion_ev=torch.where(vort, m_axion, nan),
+        vortex_mass=torch.where(vort, VORTEX_MASS, 0.0).to(torch.float64),
+        vortex_half_length=torch.where(vort, half_length, nan),
+        vortex_angle=torch.where(vort, vortex_angle, nan),
+        peak_snr=peak_snr,
+    )
+    return scene, params
+
+
+# --------------------------------------------------------------------------- LSST-like survey
+NONLENS_KINDS = ("isolated", "ring", "spiral", "merger", "pair")
+NONLENS_WEIGHTS = (0.25, 0.15, 0.2, 0.2, 0.2)
+KIND_CODES = {k: i for i, k in enumerate(("lens",) + NONLENS_KINDS)}
+N_CLUMPS = 3
+N_FIELD = 4
+# colours relative to i (mag), mean and spread per band
+RED_COLOURS = {"g": (1.35, 0.2), "r": (0.45, 0.1), "i": (0.0, 0.0), "z": (-0.3, 0.07), "y": (-0.45, 0.1)}
+BLUE_COLOURS = {"g": (0.35, 0.25), "r": (0.12, 0.12), "i": (0.0, 0.0), "z": (-0.05, 0.12), "y": (-0.05, 0.15)}
+
+
+def _fluxes(gen, i_mag, palette, bands):
+    """(n, C) fluxes at zero point 27 for i-band magnitudes and a colour palette."""
+    cols = []
+    for b in bands:
+        mean, spread = palette[b]
+        cols.append(magnitude_to_flux(i_mag + mean + spread * torch.randn(len(i_mag), generator=gen, dtype=torch.float64)))
+    return torch.stack(cols, 1)
+
+
+def _ellipticity(gen, n, e_max):
+    q = 1 - uniform(gen, n, 0, e_max)
+    return q_phi_to_ellipticity(q, uniform(gen, n, 0, math.pi))
+
+
+def sample_survey(cfg, labels, gen):
+    """Lenses and non-lenses for the lsst / lens-finding-64 configs (label 1 = lens)."""
+    n, bands = len(labels), cfg.bands
+    lens = labels == 1
+    zeros = torch.zeros(n, dtype=torch.float64)
+    half = cfg.size * cfg.pixel_scale / 2
+    kinds = torch.multinomial(torch.tensor(NONLENS_WEIGHTS, dtype=torch.float64), n, True, generator=gen) + 1
+    kinds[lens] = 0
+
+    # deflector galaxy: the same distribution for both classes
+    theta_e = log_uniform(gen, n, 0.5, 2.5)
+    ll_imag = uniform(gen, n, 18.5, 21.5) - 1.5 * torch.log10(theta_e)  # bigger lenses are brighter
+    ll_e1, ll_e2 = _ellipticity(gen, n, 0.5)
+    lens_x, lens_y = 0.05 * torch.randn(n, generator=gen, dtype=torch.float64), 0.05 * torch.randn(n, generator=gen, dtype=torch.float64)
+    scene = dict(
+        ll_flux=_fluxes(gen, ll_imag, RED_COLOURS, bands), ll_r_e=theta_e * log_uniform(gen, n, 0.4, 1.2),
+        ll_n=uniform(gen, n, 2.5, 5.0), ll_e1=ll_e1, ll_e2=ll_e2,
+        lens_x=lens_x, lens_y=lens_y,
+        lens_e1=ll_e1 + 0.05 * torch.randn(n, generator=gen, dtype=torch.float64),
+        lens_e2=ll_e2 + 0.05 * torch.randn(n, generator=gen, dtype=torch.float64),
+        core=zeros.clone(),
+    )
+    g = uniform(gen, n, 0, 0.08)
+    g_angle = uniform(gen, n, 0, math.pi)
+    scene.update(gamma1=g * torch.cos(2 * g_angle), gamma2=g * torch.sin(2 * g_angle))
+    scene["theta_e"] = torch.where(lens, theta_e, zeros)  # non-lenses: nothing is lensed
+    scene.update(gamma1=torch.where(lens, scene["gamma1"], zeros), gamma2=torch.where(lens, scene["gamma2"], zeros))
+    scene.update(pm_theta_e=torch.zeros(n, 0, dtype=torch.float64), pm_x=torch.zeros(n, 0, dtype=torch.float64),
+                 pm_y=torch.zeros(n, 0, dtype=torch.float64))
+
+    # background galaxy: lensed for lenses, unlensed companion for close pairs
+    src_imag = uniform(gen, n, 22.0, 25.5)
+    src_r_e = log_uniform(gen, n, 0.1, 0.6)
+    beta = theta_e * 0.9 * torch.sqrt(torch.rand(n, generator=gen, dtype=torch.float64))
+    beta_angle = uniform(gen, n, 0, 2 * math.pi)
+    pair_sep = uniform(gen, n, 0.6, 3.0)
+    is_pair = kinds == KIND_CODES["pair"]
+    src_dist = torch.where(is_pair, pair_sep, beta)
+    src_e1, src_e2 = _ellipticity(gen, n, 0.6)
+    src_x, src_y = lens_x + src_dist * torch.cos(beta_angle), lens_y + src_dist * torch.sin(beta_angle)
+    has_source = lens | is_pair
+    src_flux = _fluxes(gen, src_imag, BLUE_COLOURS, bands) * has_source[:, None]
+    clump_frac = uniform(gen, (n, N_CLUMPS), 0, 0.25)
+    clump_r = src_r_e[:, None] * 1.5 * torch.sqrt(torch.rand((n, N_CLUMPS), generator=gen, dtype=torch.float64))
+    clump_angle = uniform(gen, (n, N_CLUMPS), 0, 2 * math.pi)
+    scene.update(src_flux=src_flux, src_r_e=src_r_e, src_n=uniform(gen, n, 0.5, 2.5), src_e1=src_e1, src_e2=src_e2,
+                 src_x=src_x, src_y=src_y, clump_frac=clump_frac, clump_sigma=uniform(gen, (n, N_CLUMPS), 0.02, 0.08),
+                 clump_x=src_x[:, None] + clump_r * torch.cos(clump_angle),
+                 clump_y=src_y[:, None] + clump_r * torch.sin(clump_angle))
+
+    # look-alikes (image plane, blue, as bright as lensed arcs)
+    feature_imag = uniform(gen, n, 20.0, 24.5)  # lensed arcs: source mag - 2.5 log10(mu)
+    feature_flux = _fluxes(gen, feature_imag, BLUE_COLOURS, bands)
+    ring = kinds == KIND_CODES["ring"]
+    spiral = kinds == KIND_CODES["spiral"]
+    merger = kinds == KIND_CODES["merger"]
+    ring_e1, ring_e2 = _ellipticity(gen, n, 0.3)
+    scene.update(ring_flux=feature_flux * ring[:, None], ring_radius=log_uniform(gen, n, 0.5, 2.5),
+                 ring_width=uniform(gen, n, 0.05, 0.25), ring_e1=ring_e1, ring_e2=ring_e2,
+                 ring_clump_amp=uniform(gen, n, 0, 0.9), ring_clump_phase=uniform(gen, n, 0, 2 * math.pi))
+    sp_e1, sp_e2 = _ellipticity(gen, n, 0.5)
+    scene.update(sp_flux=feature_flux * spiral[:, None], sp_scale=log_uniform(gen, n, 0.3, 1.2),
+                 sp_e1=sp_e1, sp_e2=sp_e2, sp_arm_amp=uniform(gen, n, 0.5, 1.0),
+                 sp_pitch=uniform(gen, n, math.radians(10), math.radians(30)), sp_phase=uniform(gen, n, 0, math.pi))
+    scene["ll_flux"] = scene["ll_flux"] * torch.where(spiral, 0.4, 1.0)[:, None]  # spirals: a smaller bulge
+    # mergers: a tidal arc curving around the deflector plus a companion (field slot 0)
+    scene.update(arc_flux=feature_flux * merger[:, None], arc_radius=uniform(gen, n, 0.6, 2.5),
+                 arc_width=uniform(gen, n, 0.06, 0.25), arc_angle=uniform(gen, n, 0, 2 * math.pi),
+                 arc_half_angle=uniform(gen, n, 0.3, 1.2),
+                 arc_x=lens_x + 0.3 * torch.randn(n, generator=gen, dtype=torch.float64),
+                 arc_y=lens_y + 0.3 * torch.randn(n, generator=gen, dtype=torch.float64))
+
+    # field objects, both classes alike: N_FIELD slots, each present with probability 0.35
+    present = torch.rand((n, N_FIELD), generator=gen, dtype=torch.float64) < 0.35
+    f_imag = uniform(gen, (n, N_FIELD), 20.0, 26.0)
+    red = torch.rand((n, N_FIELD), generator=gen, dtype=torch.float64) < 0.5
+    f_flux = torch.where(red[..., None], _fluxes(gen, f_imag.reshape(-1), RED_COLOURS, bands).reshape(n, N_FIELD, -1),
+                         _fluxes(gen, f_imag.reshape(-1), BLUE_COLOURS, bands).reshape(n, N_FIELD, -1))
+    f_x, f_y = uniform(gen, (n, N_FIELD), -half, half), uniform(gen, (n, N_FIELD), -half, half)
+    f_r_e = log_uniform(gen, (n, N_FIELD), 0.05, 0.6)
+    # merger companion: slot 0, 0.5-2.5" away, red or blue, 0-2 mag fainter than the deflector
+    comp_angle = uniform(gen, n, 0, 2 * math.pi)
+    comp_sep = uniform(gen, n, 0.5, 2.5)
+    comp_flux = scene["ll_flux"] * (10 ** (-0.4 * uniform(gen, n, 0, 2)))[:, None]
+    f_flux[merger, 0] = comp_flux[merger]
+    f_x[merger, 0] = (lens_x + comp_sep * torch.cos(comp_angle))[merger]
+    f_y[merger, 0] = (lens_y + comp_sep * torch.sin(comp_angle))[merger]
+    f_r_e[merger, 0] = scene["ll_r_e"][merger] * 0.7
+    present[merger, 0] = True
+    f_e1, f_e2 = _ellipticity(gen, n * N_FIELD, 0.5)
+    scene.update(field_flux=f_flux * present[..., None], field_r_e=f_r_e, field_n=uniform(gen, (n, N_FIELD), 0.8, 4.0),
+                 field_e1=f_e1.reshape(n, N_FIELD), field_e2=f_e2.reshape(n, N_FIELD), field_x=f_x, field_y=f_y)
+
+    scene["psf_fwhm"] = uniform(gen, (n, len(bands)), *cfg.psf_fwhm)
+    scene["psf_beta"] = uniform(gen, (n, len(bands)), 2.5, 4.5)
+    params = dict(
+        kind=kinds.to(torch.float64),
+        theta_e=scene["theta_e"], lens_x=lens_x, lens_y=lens_y,
+        lens_e1=scene["lens_e1"], lens_e2=scene["lens_e2"], gamma1=scene["gamma1"], gamma2=scene["gamma2"],
+        lens_mag_i=ll_imag, lens_r_e=scene["ll_r_e"], lens_n=scene["ll_n"],
+        src_mag_i=torch.where(has_source, src_imag, math.nan), src_x=src_x, src_y=src_y, src_r_e=src_r_e,
+        src_n=scene["src_n"], feature_mag_i=torch.where(ring | spiral | merger, feature_imag, math.nan),
+        n_field=present.sum(1).to(torch.float64),
+    )
+    for j, b in enumerate(bands):
+        params[f"psf_fwhm_{b}"] = scene["psf_fwhm"][:, j]
+    return scene, params
+
+
+def survey_bands(cfg):
+    return [LSST_BANDS[b] for b in cfg.bands]
