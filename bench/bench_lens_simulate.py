@@ -194,15 +194,20 @@ def _vm(field):
     return math.nan
 
 
-def ours_memory(spec):
-    """Peak memory growth (MiB) over one render call of spec['batch'] images."""
+def _setup(spec):
+    """(config, label mode, device, renderer, noise generator, scene generator) of a worker spec."""
     cfg_name, label_mode, _ = CASES[spec["case"]]
     cfg = scenes.CONFIGS[cfg_name]
     device = torch.device(spec["device"])
     renderer = render.Renderer(cfg, device=device, dtype=torch.float32, compile=spec["compile"],
                                micro_batch=spec["micro_batch"])
-    noise_gen = torch.Generator(device).manual_seed(1)
-    gen = torch.Generator().manual_seed(spec["seed"])
+    return cfg, label_mode, device, renderer, torch.Generator(device).manual_seed(1), \
+        torch.Generator().manual_seed(spec["seed"])
+
+
+def ours_memory(spec):
+    """Peak memory growth (MiB) over one render call of spec['batch'] images."""
+    cfg, label_mode, device, renderer, noise_gen, gen = _setup(spec)
     # warm-up (compiles) on one micro-batch, so the measured call allocates only what a batch needs
     scene, params = scenes.sample(cfg, labels_for(cfg, label_mode, spec["micro_batch"], gen), gen)
     renderer.render(scene, params, noise_gen)
@@ -227,13 +232,7 @@ def ours_memory(spec):
 def ours_profile(spec):
     """Stage timings of one render call (wrappers around render.py's module functions and the
     renderer's ray-shooting / PSF calls; `other` is indexing and glue), then top torch ops."""
-    cfg_name, label_mode, _ = CASES[spec["case"]]
-    cfg = scenes.CONFIGS[cfg_name]
-    device = torch.device(spec["device"])
-    renderer = render.Renderer(cfg, device=device, dtype=torch.float32, compile=spec["compile"],
-                               micro_batch=spec["micro_batch"])
-    noise_gen = torch.Generator(device).manual_seed(1)
-    gen = torch.Generator().manual_seed(spec["seed"])
+    cfg, label_mode, device, renderer, noise_gen, gen = _setup(spec)
     batch = spec["batch"]
     scene, params = scenes.sample(cfg, labels_for(cfg, label_mode, batch, gen), gen)
     renderer.render(scene, params, noise_gen)  # warm-up / compile

@@ -587,3 +587,21 @@ def test_compiled_ray_shooting_equals_eager():
     compiled = render.Renderer(cfg, compile=True, micro_batch=2).shoot(scene, cfg.size, cfg.pixel_scale, 1)[0]
     assert eager.shape == compiled.shape == (3, 1, 150, 150)
     assert float((eager - compiled).norm() / eager.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("profile", ["ring", "spiral", "arc"])
+def test_look_alike_profiles_carry_their_flux(profile):
+    """The non-lens look-alikes are drawn with magnitudes like lensed arcs; their `flux` must be
+    their total flux (to 2%: the ring and arc normalisations assume width << radius)."""
+    x, y = instrument.pixel_grid(600, 0.02, 1, dtype=F64)  # 12" field, 0.02" pixels
+    one = T([1.0])
+    if profile == "ring":
+        sb = light.ring(x, y, T([3.0]), T([1.5]), T([0.08]), T([0.1]), T([-0.05]), T([0.1]), T([0.0]),
+                        T([0.6]), T([0.3]))
+    elif profile == "spiral":
+        sb = light.spiral(x, y, T([3.0]), T([0.6]), T([0.2]), T([0.1]), T([0.0]), T([0.1]), one * 0.8,
+                          T([math.radians(20)]), T([0.4]))
+    else:
+        sb = light.arc(x, y, T([3.0]), T([1.8]), T([0.1]), T([2.0]), T([0.8]), T([0.2]), T([-0.1]))
+    assert float(sb.sum()) * 0.02 ** 2 == pytest.approx(3.0, rel=0.02)
+    assert float(sb.min()) >= 0

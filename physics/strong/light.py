@@ -39,14 +39,15 @@ def sersic_intensity_at_re(flux, r_e, n, b=None):
     return flux * torch.exp(-log_norm)
 
 
-def elliptical_radius(x, y, e1, e2, center_x, center_y):
-    """Product-average elliptical radius (arcsec) and the polar angle in the major-axis frame."""
+def elliptical_radius(x, y, e1, e2, center_x, center_y, with_angle=False):
+    """Product-average elliptical radius (arcsec), and with_angle the polar angle in the
+    major-axis frame (else None)."""
     q, phi = ellipticity_to_q_phi(_col(e1), _col(e2))
     dx, dy = x - _col(center_x), y - _col(center_y)
     cos, sin = torch.cos(phi), torch.sin(phi)
     xm = (cos * dx + sin * dy) * torch.sqrt(q)
     ym = (-sin * dx + cos * dy) / torch.sqrt(q)
-    return torch.sqrt(xm * xm + ym * ym), torch.atan2(ym, xm)
+    return torch.sqrt(xm * xm + ym * ym), (torch.atan2(ym, xm) if with_angle else None)
 
 
 def sersic(x, y, flux, r_e, n, e1, e2, center_x, center_y, b=None):
@@ -72,7 +73,7 @@ def ring(x, y, flux, radius, width, e1, e2, center_x, center_y, clump_amp, clump
     """Elliptical ring (collisional / star-forming ring galaxy): a Gaussian annulus of
     `radius` and `width` (arcsec), brightness modulated azimuthally by
     1 + clump_amp * cos(n_clumps (phi - clump_phase)). Normalised for width << radius."""
-    R, ang = elliptical_radius(x, y, e1, e2, center_x, center_y)
+    R, ang = elliptical_radius(x, y, e1, e2, center_x, center_y, with_angle=True)
     w = _col(width)
     amp = _col(flux) / ((2 * math.pi) ** 1.5 * _col(radius) * w)
     return amp * torch.exp(-(R - _col(radius)) ** 2 / (2 * w * w)) \
@@ -82,7 +83,7 @@ def ring(x, y, flux, radius, width, e1, e2, center_x, center_y, clump_amp, clump
 def spiral(x, y, flux, scale, e1, e2, center_x, center_y, arm_amp, pitch, phase):
     """Exponential disk (scale length `scale`, arcsec) with two logarithmic spiral arms of
     pitch angle `pitch` (radians) and contrast arm_amp (0-1)."""
-    R, ang = elliptical_radius(x, y, e1, e2, center_x, center_y)
+    R, ang = elliptical_radius(x, y, e1, e2, center_x, center_y, with_angle=True)
     h = _col(scale)
     winding = torch.log(R.clamp(min=1e-3) / h) / torch.tan(_col(pitch))
     arms = 1 + _col(arm_amp) * torch.cos(2 * (ang - winding - _col(phase)))
