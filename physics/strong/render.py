@@ -136,12 +136,13 @@ class Renderer:
             value = value[:, :n_pm]
         return value.to(device=self.device, dtype=self.dtype)
 
-    def blur(self, images, scene, fwhm_arcsec, pixel_scale):
+    def blur(self, images, scene, fwhm_arcsec, pixel_scale, fwhm_range):
         """Convolve (B, C', H, W) images with each image's PSF in each band: Gaussian (exactly
         separable, convolved as two 1-D passes) or Moffat (FFT); FWHM (B, C) in arcsec, C' a
-        multiple of C (stacked parts of the same bands)."""
+        multiple of C (stacked parts of the same bands). Kernels reach 2.5 x the widest FWHM
+        of the configuration's range, whatever else is in the batch."""
         fwhm_px = torch.as_tensor(fwhm_arcsec).to(device=self.device, dtype=self.dtype) / pixel_scale
-        size = int(2 * math.ceil(2.5 * float(fwhm_px.max())) + 1)
+        size = int(2 * math.ceil(2.5 * max(fwhm_range) / pixel_scale) + 1)
         repeats = images.shape[1] // fwhm_px.shape[1]
         if self.cfg.psf == "moffat":
             kernels = moffat_psf(fwhm_px, scene["psf_beta"][:, :fwhm_px.shape[1]].to(fwhm_px), size)
@@ -160,13 +161,14 @@ class Renderer:
         params["magnification"] = torch.where(has_source, magnification, math.nan)
         if cfg.name == "deeplense-model1":
             fwhm = torch.full((len(src), 1), cfg.psf_fwhm[0], dtype=torch.float64)
-            images, snr = self._model1_noise(scene, self.blur(src, scene, fwhm, cfg.pixel_scale), generator, 1.0)
+            blurred = self.blur(src, scene, fwhm, cfg.pixel_scale, cfg.psf_fwhm)
+            images, snr = self._model1_noise(scene, blurred, generator, 1.0)
             params["arc_snr"] = snr
             params["psf_fwhm"] = fwhm[:, 0]
             return {"images": _scale(images, cfg.scaling)}
         n_bands = len(cfg.bands)
         blue = src * scene["src_flux"][:, :, None, None].to(src) + feature  # lensed source or look-alike
-        blurred = self.blur(torch.cat([blue, rest], 1), scene, scene["psf_fwhm"], cfg.pixel_scale)
+        blurred = self.blur(torch.cat([blue, rest], 1), scene, scene["psf_fwhm"], cfg.pixel_scale, cfg.psf_fwhm)
         blue = blurred[:, :n_bands]
         images, variance = self._survey_noise(blue + blurred[:, n_bands:], generator)
         snr = torch.stack([_arc_snr(blue[:, c], variance[:, c]) for c in range(n_bands)], 1)
@@ -210,8 +212,9 @@ class Renderer:
         n = len(src_hr)
         fwhm_hr = torch.full((n, 1), cfg.psf_fwhm[0], dtype=torch.float64)
         fwhm_lr = scene["psf_fwhm_lr"][:, None]
-        hr, snr_hr = self._model1_noise(scene, self.blur(src_hr, scene, fwhm_hr, cfg.pixel_scale), generator, 1.0)
-        lr_img, snr_lr = self._model1_noise(scene, self.blur(src_lr, scene, fwhm_lr, lr["pixel_scale"]),
+        hr, snr_hr = self._model1_noise(scene, self.blur(src_hr, scene, fwhm_hr, cfg.pixel_scale, cfg.psf_fwhm),
+                                        generator, 1.0)
+        lr_img, snr_lr = self._model1_noise(scene, self.blur(src_lr, scene, fwhm_lr, lr["pixel_scale"], lr["psf_fwhm"]),
                                             generator, lr["noise_factor"])
         params.update(arc_snr=snr_hr, arc_snr_lr=snr_lr, psf_fwhm=fwhm_hr[:, 0], psf_fwhm_lr=fwhm_lr[:, 0])
         return {"hr": _scale(hr, cfg.scaling), "lr": _scale(lr_img, cfg.scaling)}
