@@ -47,7 +47,7 @@ from data import lens_images
 from data import microlensing_h5 as mlh5
 from engine import image_sim
 from engine.cli import OneLineErrorParser
-from engine.image_sim import SimulationError
+from engine.image_sim import SimulationError, check_output
 from engine.workers import Interrupted, ordered_results
 from physics.microlensing.events import BLOCK_SIZE, PRESETS, EventConfig, EventSimulator, shuffled_labels
 from physics.strong.scenes import CONFIGS
@@ -151,17 +151,6 @@ def _run_block(job):
 
 
 # --------------------------------------------------------------------------- parent side
-def check_output(path, overwrite):
-    """Fail early (before any work) if the output cannot or must not be written."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise SimulationError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise SimulationError(f"cannot write {path}: folder {folder} is not writable")
-    if os.path.exists(path) and not overwrite:
-        raise SimulationError(f"{path} exists; pass --overwrite to replace it")
-
-
 def run_microlensing(args):
     cfg_kwargs = dict(preset=args.binary_preset, oversample=args.oversample,
                       min_snr=args.min_snr, min_epochs=args.min_epochs)

@@ -32,6 +32,17 @@ class SimulationError(Exception):
     """Bad input or an output that cannot be written: reported as one line."""
 
 
+def check_output(path, overwrite):
+    """Fail early (before any work) if an output file cannot or must not be written."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise SimulationError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise SimulationError(f"cannot write {path}: folder {folder} is not writable")
+    if os.path.exists(path) and not overwrite:
+        raise SimulationError(f"{path} exists; pass --overwrite to replace it")
+
+
 def block_seed(seed, task, block_index):
     state = np.random.SeedSequence([seed, block_index], spawn_key=(sum(map(ord, task)),)).generate_state(2)
     return int(state[0]), int(state[1])
@@ -229,13 +240,9 @@ class H5Sink:
         self.path, self.partial = args.output, args.output + ".partial"
         self.where = self.partial
         self.cfg, self.bands, self.n_rows = cfg, bands, row_stop - row_start
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise SimulationError(f"cannot write {self.path}: folder {folder} does not exist")
         if os.path.isdir(self.path):
             raise SimulationError(f"{self.path} is a folder; --format h5 writes one file (e.g. {self.path.rstrip('/')}.h5)")
-        if os.path.exists(self.path) and not args.overwrite:
-            raise SimulationError(f"{self.path} exists; pass --overwrite to replace it")
+        check_output(self.path, args.overwrite)
         self.attrs = dict(definition, row_start=row_start, row_stop=row_stop)
         if args.shard:
             self.attrs.update(shard_index=args.shard[0], n_shards=args.shard[1])
