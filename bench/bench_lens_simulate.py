@@ -63,8 +63,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from physics.strong import light, render, scenes  # noqa: E402
-from physics.strong.instrument import LSST_BANDS, convolve, moffat_psf  # noqa: E402
+from physics.strong import render, scenes  # noqa: E402
+from physics.strong.instrument import convolve  # noqa: E402
+from bench.lenstronomy_scenes import LenstronomyCase, have_lenstronomy, moffat_kernels  # noqa: E402
 
 CASES = {  # name: (config, labels, description)
     "model1-sphere": ("deeplense-model1", "ones", "deeplense-model1 sphere (25 subhalos), 150x150"),
@@ -146,7 +147,7 @@ class Lenstronomy:
 
     def __init__(self, spec, n_steps):
         _, scene = case_scene(spec["case"], spec["n_lenstronomy"], spec["seed"], spec.get("offset", 0))
-        self.lc = LenstronomyCase(spec["case"], scene)
+        self.lc = LenstronomyCase(spec["case"], CASES[spec["case"]][0], scene)
         self.n = spec["n_lenstronomy"]
         self.chunk = max(1, -(-self.n // n_steps))
         self.rng = np.random.default_rng(spec.get("offset", 0))
@@ -279,151 +280,6 @@ def ours_profile(spec):
     return dict(batch=batch, total_s=total, stages=rows, ops=table)
 
 
-# --------------------------------------------------------------------------- lenstronomy
-def have_lenstronomy():
-    try:
-        __import__("lenstronomy")  # benchmark-only dependency
-    except ImportError:
-        return False
-    return True
-
-
-def _f(t):
-    return [float(v) for v in t]
-
-
-class LenstronomyCase:
-    """lenstronomy ImageModels for a case's scene layout, and the scene rows converted to its
-    keyword arguments (done before timing). lsst: one ImageModel per band, its PSF replaced
-    per image (each image and band has its own Moffat kernel), as lenstronomy's multi-band
-    classes do; the ring / spiral / arc look-alikes are not modelled (absent from lenses)."""
-
-    def __init__(self, case, scene):
-        from lenstronomy.Data.imaging_data import ImageData
-        from lenstronomy.Data.psf import PSF
-        from lenstronomy.ImSim.image_model import ImageModel
-        from lenstronomy.LensModel.lens_model import LensModel
-        from lenstronomy.LightModel.light_model import LightModel
-        self.PSF = PSF
-        self.case = case
-        self.psf_s = 0.0  # time spent replacing the PSF (lsst: per image and band)
-        cfg = self.cfg = scenes.CONFIGS[CASES[case][0]]
-        n, size, ps = len(scene["theta_e"]), cfg.size, cfg.pixel_scale
-        corner = -(size - 1) / 2 * ps
-        data = ImageData(image_data=np.zeros((size, size)), transform_pix2angle=np.diag([ps, ps]),
-                         ra_at_xy_0=corner, dec_at_xy_0=corner)
-        numerics = {"supersampling_factor": cfg.supersample}
-        s = {k: v.double() for k, v in scene.items()}
-        mass_name = "SIE" if float(s["core"].abs().max()) == 0 else "NIE"
-        n_pm = int((s["pm_theta_e"] > 0).sum(1).max()) if s["pm_theta_e"].shape[1] else 0
-        self.lens_model = LensModel([mass_name, "SHEAR"] + ["POINT_MASS"] * n_pm)
-        self.kwargs = []
-        if cfg.name == "deeplense-model1":
-            psf = PSF(psf_type="GAUSSIAN", fwhm=cfg.psf_fwhm[0], pixel_size=ps)
-            self.models = [ImageModel(data, psf, lens_model_class=self.lens_model,
-                                      source_model_class=LightModel(["SERSIC_ELLIPSE"]), kwargs_numerics=numerics)]
-            amp = light.sersic_intensity_at_re(s["src_flux"][:, 0], s["src_r_e"], s["src_n"])
-            for i in range(n):
-                self.kwargs.append(dict(
-                    lens=self._lens_kwargs(s, i, mass_name, n_pm),
-                    source=[[dict(amp=float(amp[i]), R_sersic=float(s["src_r_e"][i]), n_sersic=float(s["src_n"][i]),
-                                  e1=float(s["src_e1"][i]), e2=float(s["src_e2"][i]),
-                                  center_x=float(s["src_x"][i]), center_y=float(s["src_y"][i]))]],
-                    peak_snr=float(s["peak_snr"][i])))
-        else:
-            n_bands, n_clumps, n_field = len(cfg.bands), s["clump_frac"].shape[1], s["field_flux"].shape[1]
-            # our PSF kernels: the same (B, C, k, k) Moffat kernels the renderer draws
-            kernels = moffat_kernels(s, ps, n_bands).numpy()
-            placeholder = PSF(psf_type="PIXEL", kernel_point_source=kernels[0, 0])
-            self.models = [ImageModel(data, placeholder, lens_model_class=self.lens_model,
-                                      source_model_class=LightModel(["SERSIC_ELLIPSE"] + ["GAUSSIAN"] * n_clumps),
-                                      lens_light_model_class=LightModel(["SERSIC_ELLIPSE"] * (1 + n_field)),
-                                      kwargs_numerics=numerics) for _ in range(n_bands)]
-            frac = s["clump_frac"]
-            src_amp = light.sersic_intensity_at_re((1 - frac.sum(1))[:, None] * s["src_flux"], s["src_r_e"][:, None],
-                                                   s["src_n"][:, None])                         # (B, C)
-            ll_amp = light.sersic_intensity_at_re(s["ll_flux"], s["ll_r_e"][:, None], s["ll_n"][:, None])  # (B, C)
-            f_amp = light.sersic_intensity_at_re(s["field_flux"], s["field_r_e"][..., None],
-                                                 s["field_n"][..., None])                       # (B, F, C)
-            for i in range(n):
-                source, lens_light = [], []
-                for c in range(n_bands):
-                    src = [dict(amp=float(src_amp[i, c]), R_sersic=float(s["src_r_e"][i]), n_sersic=float(s["src_n"][i]),
-                                e1=float(s["src_e1"][i]), e2=float(s["src_e2"][i]),
-                                center_x=float(s["src_x"][i]), center_y=float(s["src_y"][i]))]
-                    src += [dict(amp=float(frac[i, j] * s["src_flux"][i, c]), sigma=float(s["clump_sigma"][i, j]),
-                                 center_x=float(s["clump_x"][i, j]), center_y=float(s["clump_y"][i, j]))
-                            for j in range(n_clumps)]
-                    ll = [dict(amp=float(ll_amp[i, c]), R_sersic=float(s["ll_r_e"][i]), n_sersic=float(s["ll_n"][i]),
-                               e1=float(s["ll_e1"][i]), e2=float(s["ll_e2"][i]),
-                               center_x=float(s["lens_x"][i]), center_y=float(s["lens_y"][i]))]
-                    ll += [dict(amp=float(f_amp[i, j, c]), R_sersic=float(s["field_r_e"][i, j]),
-                                n_sersic=float(s["field_n"][i, j]), e1=float(s["field_e1"][i, j]),
-                                e2=float(s["field_e2"][i, j]), center_x=float(s["field_x"][i, j]),
-                                center_y=float(s["field_y"][i, j])) for j in range(n_field)]
-                    source.append(src)
-                    lens_light.append(ll)
-                self.kwargs.append(dict(lens=self._lens_kwargs(s, i, mass_name, n_pm), source=source,
-                                        lens_light=lens_light, kernels=kernels[i]))
-            bands = [LSST_BANDS[b] for b in cfg.bands]
-            self.gain = np.array([b.electrons_per_flux() for b in bands])[:, None, None]
-            self.sky = np.array([b.sky_electrons(ps) for b in bands])[:, None, None]
-            self.read_sigma = np.sqrt(np.array([b.read_noise ** 2 * b.n_exposures for b in bands]))[:, None, None]
-
-    @staticmethod
-    def _lens_kwargs(s, i, mass_name, n_pm):
-        mass = dict(theta_E=float(s["theta_e"][i]), e1=float(s["lens_e1"][i]), e2=float(s["lens_e2"][i]),
-                    center_x=float(s["lens_x"][i]), center_y=float(s["lens_y"][i]))
-        if mass_name == "NIE":
-            mass["s_scale"] = float(s["core"][i])
-        kw = [mass, dict(gamma1=float(s["gamma1"][i]), gamma2=float(s["gamma2"][i]),
-                         ra_0=float(s["lens_x"][i]), dec_0=float(s["lens_y"][i]))]
-        order = torch.argsort(s["pm_theta_e"][i], descending=True)[:n_pm]  # the present masses (others are 0)
-        kw += [dict(theta_E=float(s["pm_theta_e"][i, k]), center_x=float(s["pm_x"][i, k]),
-                    center_y=float(s["pm_y"][i, k])) for k in order]
-        return kw
-
-    def noise_free(self, i):
-        """(C, H, W) noise-free flux per pixel of scene row i."""
-        kw = self.kwargs[i]
-        if self.cfg.name == "deeplense-model1":
-            return self.models[0].image(kw["lens"], kw["source"][0])[None]
-        out = []
-        for c, model in enumerate(self.models):
-            t = time.perf_counter()
-            model.update_psf(self.PSF(psf_type="PIXEL", kernel_point_source=kw["kernels"][c]))
-            self.psf_s += time.perf_counter() - t
-            out.append(model.image(kw["lens"], kw["source"][c], kw["lens_light"][c]))
-        return np.stack(out)
-
-    def render(self, i, rng):
-        """A noisy, scaled image as ours makes it (same noise model, in numpy)."""
-        img = self.noise_free(i)
-        if self.cfg.name == "deeplense-model1":
-            electrons = img / img.max() * 5e4
-            noisy = _poisson(electrons, rng) + 5e4 / self.kwargs[i]["peak_snr"] * rng.standard_normal(img.shape)
-            return (noisy - noisy.min()) / max(noisy.max() - noisy.min(), 1e-30)
-        electrons = img * self.gain
-        counts = _poisson(electrons + self.sky, rng) + self.read_sigma * rng.standard_normal(img.shape)
-        return (counts - self.sky) / self.gain
-
-
-def moffat_kernels(scene, pixel_scale, n_bands):
-    """(B, C, k, k) Moffat kernels of each image and band, of the size the renderer uses."""
-    fwhm_px = scene["psf_fwhm"][:, :n_bands].double() / pixel_scale
-    size = int(2 * math.ceil(2.5 * float(fwhm_px.max())) + 1)
-    return moffat_psf(fwhm_px, scene["psf_beta"][:, :n_bands].double(), size)
-
-
-def _poisson(lam, rng):
-    """Poisson deviates, exact below 100 expected counts and normal above (as ours)."""
-    lam = np.clip(lam, 0, None)
-    counts = lam + np.sqrt(lam) * rng.standard_normal(lam.shape)
-    small = lam < 100
-    counts[small] = rng.poisson(lam[small])
-    return counts
-
-
 def lenstronomy_throughput(spec):
     """One lenstronomy process of the multi-process figure: waits for its siblings, then renders."""
     n_steps = max(1, spec["n_lenstronomy"] // 8)
@@ -444,16 +300,16 @@ def lenstronomy_throughput(spec):
 def agree(spec):
     """Relative L1 difference of noise-free images, ours (float64, eager) vs lenstronomy."""
     cfg, scene = case_scene(spec["case"], spec["n"], spec["seed"])
-    lc = LenstronomyCase(spec["case"], scene)
+    lc = LenstronomyCase(spec["case"], CASES[spec["case"]][0], scene)
     r = render.Renderer(cfg, dtype=torch.float64)
     src, feature, rest = r.shoot(scene, cfg.size, cfg.pixel_scale, cfg.supersample)
     if cfg.name == "deeplense-model1":
         fwhm = torch.full((len(src), 1), cfg.psf_fwhm[0], dtype=torch.float64)
-        ours = r.blur(src, scene, fwhm, cfg.pixel_scale)
+        ours = r.blur(src, scene, fwhm, cfg.pixel_scale, cfg.psf_fwhm)
     else:
         c = len(cfg.bands)
         parts = [src * scene["src_flux"][:, :, None, None]] + [p for p in (feature, rest) if p is not None]
-        blurred = convolve(torch.cat(parts, 1), moffat_kernels(scene, cfg.pixel_scale, c).repeat(1, len(parts), 1, 1))
+        blurred = convolve(torch.cat(parts, 1), moffat_kernels(scene, cfg, c).repeat(1, len(parts), 1, 1))
         ours = sum(blurred[:, j * c:(j + 1) * c] for j in range(len(parts)))
     ours = ours.numpy()
     rel = [float(np.abs(ours[i] - lc.noise_free(i)).sum() / np.abs(lc.noise_free(i)).sum()) for i in range(len(ours))]
@@ -598,15 +454,21 @@ def throughput(runner, args, rows):
             row["ratio_vs"] = f"lenstronomy {cores} core{'s' if cores > 1 else ''}"
 
 
+def one_case_per_config(cases):
+    """{config: first case of it}: the renderer's buffers and stages do not depend on the labels."""
+    measured = {}
+    for case in cases:
+        measured.setdefault(CASES[case][0], case)
+    return measured
+
+
 def memory(runner, args, rows):
     device = torch.device(args.device)
     lo, hi = args.mem_batches
     what = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM) growth"
     print(f"\n== memory: {what} over one render call of {lo} and {hi} images (fresh process each, 1 thread)")
     out = {}
-    measured = {}  # one case per configuration: the renderer's buffers do not depend on the labels
-    for case in args.cases:
-        measured.setdefault(CASES[case][0], case)
+    measured = one_case_per_config(args.cases)
     for case in measured.values():
         for compiled in args.compile:
             res = [runner.run(kind="memory", case=case, batch=b, compile=compiled, threads=1) for b in (lo, hi)]
@@ -642,9 +504,7 @@ def agreement(runner, args):
 
 def profile_part(runner, args):
     out = {}
-    measured = {}  # one case per configuration: the renderer's buffers do not depend on the labels
-    for case in args.cases:
-        measured.setdefault(CASES[case][0], case)
+    measured = one_case_per_config(args.cases)
     for case in measured.values():
         for compiled in args.compile:
             r = runner.run(kind="profile", case=case, batch=args.batch, compile=compiled, threads=1)
