@@ -20,7 +20,6 @@ Relaunching the same command resumes from last.pt; SIGTERM or SIGUSR1 saves last
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,22 +27,12 @@ import sys
 import numpy as np
 import torch
 
-from engine.cli import OneLineErrorParser
-from data import microlensing as task_data
-from data import microlensing_h5 as mlh5
-from data.lightcurves import feature_stats, normalize
 from engine import distributed
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.cli import OneLineErrorParser
 from engine.trainer import (NonFiniteLossError, StopRequest, Timer, amp_settings, evaluate, rank_batches,
                             summarize, train_one_epoch, warmup_cosine)
-from models import create_model, list_models, model_kwargs
-from models.layers import ClassifierLoss
-
-TASKS = ("microlensing",)
-# options that define what a run directory holds; a relaunch must not change them
-IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",
-                 "use_aux_head", "patch_size", "season_days", "bin_minutes", "data_fingerprint", "seed",
-                 "val_fraction", "test_fraction")
+from tasks import TASKS, TaskError, get_task
 
 
 class TrainError(Exception):
@@ -54,35 +43,26 @@ def get_args_parser():
     p = OneLineErrorParser("train.py", description=__doc__.split("\n")[0])
     g = p.add_argument_group("data")
     g.add_argument("--task", default="microlensing", choices=TASKS)
-    g.add_argument("--data", required=True, help="simulator HDF5 file (simulate.py)")
-    g.add_argument("--val-fraction", type=float, default=0.1)
-    g.add_argument("--test-fraction", type=float, default=0.1, help="held out; never used by training or selection")
-    g.add_argument("--season-days", type=float, default=72.0)
-    g.add_argument("--bin-minutes", type=float, default=120.0, help="feature grid step in minutes (15 = full Roman cadence)")
+    g.add_argument("--data", default=None, help="microlensing: simulator HDF5 file; lens: an image HDF5 file or a "
+                                                "folder with lenses/nonlenses class folders (FITS or .npy)")
+    g.add_argument("--val-fraction", "--val-split", type=float, default=None, help="default per task: 0.1 (lens 0.2)")
+    g.add_argument("--test-fraction", type=float, default=None,
+                   help="held out; never used by training or selection (default 0.1)")
     g.add_argument("--cache-dir", default=None, help="node-local RAM folder for the data cache (default /dev/shm)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="patch_transformer", help=f"one of {', '.join(list_models())}")
-    g.add_argument("--d-model", type=int, default=64)
-    g.add_argument("--n-layers", type=int, default=4)
-    g.add_argument("--dropout", type=float, default=0.1)
-    g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
-    g.add_argument("--patch-size", type=int, default=16, help="patch_transformer: grid steps per token")
-    g.add_argument("--attention-pooling", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--use-aux-head", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--stage1-weight", type=float, default=1.0)
-    g.add_argument("--stage2-weight", type=float, default=1.0)
-    g.add_argument("--aux-weight", type=float, default=0.5)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--batch-size", type=int, default=64, help="per process")
+    g.add_argument("--model", "--model-name", default=None,
+                   help="microlensing: cnn_gru or patch_transformer (default); lens: any timm backbone (default resnet18)")
+    g.add_argument("--dropout", type=float, default=None, help="default per task: 0.1 (lens 0)")
+    g = p.add_argument_group("optimisation (defaults per task: tasks/<task>.py DEFAULTS)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="per process")
     g.add_argument("--accumulation-steps", type=int, default=1)
-    g.add_argument("--lr", type=float, default=5e-4)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--warmup-epochs", type=float, default=None)
     g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
     g.add_argument("--class-weights", choices=("balanced", "none"), default="balanced",
-                   help="balanced: inverse class frequency of the training split")
+                   help="balanced: inverse class frequency of the training split (lens: BCE pos_weight)")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="auto: bf16 on GPUs that support it, fp32 on CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -97,27 +77,28 @@ def get_args_parser():
     g.add_argument("--seed", type=int, default=42, help="fixes the split, the initialisation and the batch order")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--no-progress", action="store_true")
+    for name in TASKS:
+        get_task(name).add_train_args(p)
     return p
 
 
-def default_name(args) -> str:
-    stem = os.path.splitext(os.path.basename(args.data))[0]
-    return f"d{args.d_model}_l{args.n_layers}_{'hier' if args.hierarchical else 'flat'}_{args.model}_{stem}_s{args.seed}"
+def resolve_defaults(args, task):
+    """Options left unset take the task's defaults (e.g. lens: AdamW 1e-4, weight decay 1e-2)."""
+    for key, value in task.DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
 
 
-def check_args(args):
-    if args.model not in list_models():
-        raise TrainError(f"unknown model {args.model!r}; choose from {', '.join(list_models())}")
-    for name in ("epochs", "batch_size", "accumulation_steps", "d_model", "n_layers"):
+def check_args(args, task):
+    for name in ("epochs", "batch_size", "accumulation_steps"):
         if getattr(args, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.val_fraction < 1 or not 0 <= args.test_fraction < 1 or args.val_fraction + args.test_fraction >= 1:
         raise TrainError("--val-fraction and --test-fraction must be in (0, 1) and sum to < 1")
-    if not os.path.isfile(args.data):
-        raise TrainError(f"{args.data}: no such file")
+    task.check_train_args(args)
 
 
-def run_directory(args):
+def run_directory(args, task):
     """(run_dir, checkpoint to resume or None)."""
     if args.resume:
         path = args.resume
@@ -125,15 +106,15 @@ def run_directory(args):
         if not os.path.isfile(ckpt_path):
             raise TrainError(f"--resume {path}: no checkpoint there")
         return os.path.dirname(os.path.abspath(ckpt_path)), ckpt_path
-    run_dir = os.path.join(args.output, args.experiment_name or default_name(args))
+    run_dir = os.path.join(args.output, args.experiment_name or task.default_name(args))
     last = os.path.join(run_dir, "last.pt")
     return run_dir, last if os.path.isfile(last) else None
 
 
-def check_same_run(saved: dict, config: dict, run_dir: str):
+def check_same_run(saved: dict, config: dict, run_dir: str, identity_keys):
     if saved.get("task") != config["task"]:
         raise TrainError(f"{run_dir}: a run directory of task {saved.get('task')!r}, not {config['task']!r}")
-    diff = [k for k in IDENTITY_KEYS if saved.get(k) != config.get(k)]
+    diff = [k for k in identity_keys if saved.get(k) != config.get(k)]
     if diff:
         k = diff[0]
         raise TrainError(f"{run_dir}: made with {k}={saved.get(k)!r}, this command has {config.get(k)!r}; "
@@ -141,17 +122,15 @@ def check_same_run(saved: dict, config: dict, run_dir: str):
 
 
 def main(args):
-    check_args(args)
+    task = get_task(args.task)
+    resolve_defaults(args, task)
+    check_args(args, task)
     info = distributed.init_distributed(args.device)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    run_dir, resume_path = run_directory(args)
+    run_dir, resume_path = run_directory(args, task)
     config = {k: v for k, v in vars(args).items() if k not in ("resume",)}
-    config["data_abs"] = os.path.abspath(args.data)
-    try:  # identifies the data by content: a staged copy is the same data, a regenerated file is not
-        config["data_fingerprint"] = mlh5.fingerprint(args.data)
-    except mlh5.SchemaError as err:
-        raise TrainError(str(err)) from None
+    config.update(task.data_identity(args))
     config["world_size"] = info.world_size
     ckpt = None
     if resume_path:
@@ -159,36 +138,28 @@ def main(args):
             ckpt = load_checkpoint(resume_path)
         except CheckpointError as err:
             raise TrainError(str(err)) from None
-        check_same_run(ckpt["config"], config, run_dir)
+        check_same_run(ckpt["config"], config, run_dir, task.IDENTITY_KEYS)
 
     # data: the node's RAM cache, the split fixed by the seed, statistics of the training split
-    grid = task_data.grid_from_args(args)
-    try:
-        arrays = task_data.cached_h5(args.data, grid, info, args.cache_dir, not args.no_progress)
-    except task_data.DataError as err:
-        raise TrainError(str(err)) from None
-    labels = np.asarray(arrays["labels"])
+    data = task.load_train_data(args, info)
     if ckpt is not None:
-        split = {k: ckpt["split"][k].numpy() for k in task_data.SPLIT_NAMES}
+        split = {k: ckpt["split"][k].numpy() for k in ("train", "val", "test")}
         stats = ckpt["stats"]
     else:
-        split = task_data.make_split(labels, args.seed, args.val_fraction, args.test_fraction)
-        stats = distributed.broadcast_object(
-            feature_stats(arrays["features"], split["train"]) if info.is_main else None, info)
+        split = task.make_split(data, args)
+        stats = task.fit_stats(data, split, args, info)
+    unit = data.meta.get("unit", "samples")
     if len(split["train"]) == 0 or len(split["val"]) == 0:
-        raise TrainError(f"{args.data}: {len(labels)} events are too few for a train/val/test split")
-    counts = np.bincount(labels[split["train"]], minlength=3)
-    class_weights = (counts.sum() / (3 * np.maximum(counts, 1))).tolist() if args.class_weights == "balanced" else [1.0] * 3
-
-    def fetch(indices):
-        x, y = task_data.gather(arrays, indices)
-        return normalize(x, stats), y
+        raise TrainError(f"{args.data or 'the data'}: {len(data.labels)} {unit} are too few for a train/val/test split")
+    train_fetch = task.make_fetch(data, stats, args, info.device, train=True)
+    val_fetch = task.make_fetch(data, stats, args, info.device, train=False)
+    class_names = task.CLASS_NAMES
+    n_classes = len(class_names)
 
     # model, loss, optimiser, schedule, AMP
-    options = dict(vars(args), in_channels=4, n_classes=3)
-    kwargs = model_kwargs(args.model, options)
-    model = create_model(args.model, **kwargs).to(info.device)
-    criterion = ClassifierLoss(class_weights, args.stage1_weight, args.stage2_weight, args.aux_weight).to(info.device)
+    model, model_name, kwargs = task.build_model(args, data, stats)
+    model = model.to(info.device)
+    criterion = task.make_criterion(data, split, args).to(info.device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
@@ -201,8 +172,9 @@ def main(args):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     amp, autocast, scaler = amp_settings(args.amp, info.device)
     config["amp"] = amp
+    select = task.SELECT_METRIC
 
-    start_epoch, start_batch, best = 0, 0, -1.0
+    start_epoch, start_batch, best = 0, 0, -float("inf")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -219,9 +191,9 @@ def main(args):
             init = load_checkpoint(args.pretrained, task=args.task)
         except CheckpointError as err:
             raise TrainError(str(err)) from None
-        if init["model_name"] != args.model or init["model_kwargs"] != kwargs:
+        if init["model_name"] != model_name or init["model_kwargs"] != kwargs:
             raise TrainError(f"--pretrained {args.pretrained}: a {init['model_name']} with {init['model_kwargs']}, "
-                             f"this run builds a {args.model} with {kwargs}")
+                             f"this run builds a {model_name} with {kwargs}")
         model.load_state_dict(init["model"])
     unwrapped = model
     if args.compile:
@@ -235,17 +207,21 @@ def main(args):
         with open(os.path.join(run_dir, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         np.savez(os.path.join(run_dir, "split.npz"), **split)
-        print(f"run {run_dir}: {args.model} ({sum(p.numel() for p in unwrapped.parameters()):,} parameters), "
-              f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test events, "
+        for name, text in data.meta.get("run_files", {}).items():  # e.g. the ingestion log of image roots
+            with open(os.path.join(run_dir, name), "w") as f:
+                f.write(text)
+        print(f"run {run_dir}: {model_name} ({sum(p.numel() for p in unwrapped.parameters()):,} parameters), "
+              f"{len(split['train'])}/{len(split['val'])}/{len(split['test'])} train/val/test {unit}, "
               f"{info.world_size} process(es) on {info.device.type}, amp {amp}, "
               f"global batch {args.batch_size * info.world_size * args.accumulation_steps}", flush=True)
 
     def state(epoch, step):
         return {"model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                "best_metric": best, "config": config, "model_name": args.model, "model_kwargs": kwargs,
-                "task": args.task, "stats": stats, "grid": grid, "class_names": list(task_data.CLASS_NAMES),
-                "split": {k: torch.from_numpy(v) for k, v in split.items()}, "rng": torch.get_rng_state()}
+                "best_metric": best, "select_metric": select, "config": config, "model_name": model_name,
+                "model_kwargs": kwargs, "task": args.task, "stats": stats, "class_names": list(class_names),
+                "split": {k: torch.from_numpy(v) for k, v in split.items()}, "rng": torch.get_rng_state(),
+                **task.checkpoint_extras(data, stats, args)}
 
     stop = StopRequest().install()
     for epoch in range(start_epoch, args.epochs):
@@ -253,27 +229,30 @@ def main(args):
         order = np.asarray(split["train"])[list(sampler)]
         batches = rank_batches(order, args.batch_size)
         timer = Timer()
-        sums, done = train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fetch, batches, info,
-                                     stop, args.accumulation_steps, args.clip_grad, start_batch,
-                                     progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
+        sums, done = train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, train_fetch, batches,
+                                     info, stop, args.accumulation_steps, args.clip_grad, start_batch,
+                                     n_classes=n_classes, progress=not args.no_progress,
+                                     desc=f"epoch {epoch + 1}/{args.epochs}")
         if done < len(batches):  # a stop was requested: save where we are and leave
             if info.is_main:
                 save_checkpoint(state(epoch, done), os.path.join(run_dir, "last.pt"))
                 print(f"train.py: {stop.name} at epoch {epoch + 1}, batch {done}/{len(batches)}: saved "
                       f"{run_dir}/last.pt; relaunch the same command to resume", flush=True)
-            arrays.remove()
+            data.remove()
             distributed.cleanup(info)
             return 128 + stop.signum
         train_seconds = timer()
+        val_sums, (val_y, val_log_probs) = evaluate(unwrapped, criterion, autocast, val_fetch, split["val"],
+                                                    args.batch_size, info, n_classes=n_classes, collect=True)
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": float(sums[2]) / train_seconds, "partial_epoch": start_batch > 0,
-                   **summarize(sums, "train", task_data.CLASS_NAMES),
-                   **summarize(evaluate(unwrapped, criterion, autocast, fetch, split["val"], args.batch_size, info),
-                               "val", task_data.CLASS_NAMES)}
+                   **summarize(sums, "train", class_names), **summarize(val_sums, "val", class_names),
+                   **{f"val_{k}": v for k, v in task.val_metrics(val_y, val_log_probs).items()}}
         start_batch = 0
-        improved = metrics["val_acc"] > best
-        best = max(best, metrics["val_acc"])
-        metrics["best_val_acc"] = best
+        value = metrics[select]
+        improved = bool(value > best)  # a NaN metric never improves
+        best = value if improved else best
+        metrics[f"best_{select}"] = best
         if info.is_main:
             with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -283,13 +262,15 @@ def main(args):
                 save_checkpoint(ckpt_state, os.path.join(run_dir, "best.pt"))
             if args.save_every and (epoch + 1) % args.save_every == 0:
                 save_checkpoint(ckpt_state, os.path.join(run_dir, f"epoch_{epoch + 1:03d}.pt"))
-            recall = " ".join(f"{c}={metrics[f'val_recall_{c}']:.3f}" for c in task_data.CLASS_NAMES)
+            recall = " ".join(f"{c}={metrics[f'val_recall_{c}']:.3f}" for c in class_names)
+            extra = f" {select[4:]} {value:.4f}" if select != "val_acc" else ""
             print(f"epoch {epoch + 1}/{args.epochs}: train loss {metrics['train_loss']:.4f} acc "
-                  f"{metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
-                  f"({recall}) | {metrics['samples_per_s']:.0f} samples/s{' *' if improved else ''}", flush=True)
+                  f"{metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f}"
+                  f"{extra} ({recall}) | {metrics['samples_per_s']:.0f} samples/s{' *' if improved else ''}",
+                  flush=True)
     if info.is_main:
-        print(f"done: best val acc {best:.4f}; checkpoints in {run_dir}", flush=True)
-    arrays.remove()
+        print(f"done: best {select.replace('_', ' ')} {best:.4f}; checkpoints in {run_dir}", flush=True)
+    data.remove()
     distributed.cleanup(info)
     return 0
 
@@ -298,5 +279,5 @@ if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     try:
         sys.exit(main(arguments))
-    except (TrainError, NonFiniteLossError, distributed.DistributedSetupError) as error:
+    except (TrainError, TaskError, NonFiniteLossError, distributed.DistributedSetupError) as error:
         sys.exit(f"train.py: error: {error}")

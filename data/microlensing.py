@@ -85,20 +85,6 @@ def cached_h5(path, grid: dict, info, cache_dir=None, progress: bool = True) -> 
     return SharedArrays(key, build, info, cache_dir)
 
 
-def make_split(labels, seed: int, val_fraction: float, test_fraction: float) -> dict:
-    """Stratified random split of row indices, fixed by `seed` (sorted indices per split)."""
-    rng = np.random.default_rng(seed)
-    parts = {name: [] for name in SPLIT_NAMES}
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(test_fraction * len(idx)))
-        n_val = int(round(val_fraction * len(idx)))
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
-    return {name: np.sort(np.concatenate(v)).astype(np.int64) for name, v in parts.items()}
-
-
 def gather(arrays: SharedArrays, indices) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch (B, T, 4) float32 and labels (B,) from the cache, in the order of `indices`."""
     indices = np.asarray(indices)

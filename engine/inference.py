@@ -39,11 +39,21 @@ def _has_checkpoint(run_dir):
     return os.path.isdir(run_dir) and os.path.isfile(_checkpoint_path(run_dir))
 
 
-def load_run(path: str, task: str, which: str = "best"):
-    """(checkpoint dict, model in eval mode, checkpoint path) of a run directory or checkpoint file."""
+def load_run(path: str, task: str | None = None, which: str = "best"):
+    """(checkpoint dict, model in eval mode, checkpoint path) of a run directory or checkpoint file.
+
+    `task`: the task the caller expects (None: any; the checkpoint's "task" says which)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such run directory or checkpoint")
+    if os.path.isdir(path) and not _has_checkpoint(path):
+        raise CheckpointError(f"{path}: a folder without best.pt or last.pt, not a run directory")
     ckpt_path = _checkpoint_path(path, which) if os.path.isdir(path) else path
     ckpt = load_checkpoint(ckpt_path, task=task)
-    return ckpt, build_from_checkpoint(ckpt), ckpt_path
+    try:
+        model = build_from_checkpoint(ckpt)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{ckpt_path}: cannot rebuild its model ({err})") from None
+    return ckpt, model, ckpt_path
 
 
 @torch.no_grad()

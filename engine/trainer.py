@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.distributed import DistInfo, all_reduce_sum
+from engine.distributed import DistInfo, all_gather_objects, all_reduce_sum
 
 
 class NonFiniteLossError(RuntimeError):
@@ -120,14 +120,18 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fe
 
 
 @torch.no_grad()
-def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: DistInfo, n_classes: int = 3):
+def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: DistInfo, n_classes: int = 3,
+             collect: bool = False):
     """Loss and accuracy sums over `indices`, split across ranks (rank r takes indices[r::world]).
 
+    With `collect`, also (labels, log-probabilities) of every index, gathered from all ranks in
+    the order of `indices` (for metrics that need every score, such as a ROC AUC).
     `model` must be the unwrapped module: evaluation runs on every rank without DDP's collectives.
     """
     model.eval()
     mine = np.asarray(indices)[info.rank::info.world_size]
     sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64)
+    ys, outs = [], []
     for idx in rank_batches(mine, batch_size):
         x, y = fetch(idx)
         x, y = x.to(info.device), y.to(info.device)
@@ -135,7 +139,20 @@ def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: 
             out = model(x)
             loss, _ = criterion(out, y)
         sums += _counts(loss * len(y), out["log_probs"].argmax(-1), y, n_classes)
-    return all_reduce_sum(sums.to(info.device), info).cpu()
+        if collect:
+            ys.append(y.cpu().numpy())
+            outs.append(out["log_probs"].float().cpu().numpy())
+    sums = all_reduce_sum(sums.to(info.device), info).cpu()
+    if not collect:
+        return sums
+    y_mine = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    lp_mine = np.concatenate(outs) if outs else np.zeros((0, n_classes), np.float32)
+    parts = all_gather_objects((y_mine, lp_mine), info)
+    y_all = np.empty(len(indices), np.int64)
+    lp_all = np.empty((len(indices), n_classes), np.float32)
+    for r, (y_r, lp_r) in enumerate(parts):  # rank r held positions r, r + world, ...
+        y_all[r::info.world_size], lp_all[r::info.world_size] = y_r, lp_r
+    return sums, (y_all, lp_all)
 
 
 def _counts(loss_sum, pred, y, n_classes):

@@ -1,8 +1,9 @@
 """Model registry: every model is built by name with `create_model(name, **kwargs)`.
 
 Families: `cnn_gru` (the thesis CNN-GRU, models/cnn_gru.py) and `patch_transformer` (a
-patched causal transformer, models/patch_transformer.py), both light-curve classifiers that
-return a dict with "log_probs" (B, 3) and the logits their loss needs.
+patched causal transformer, models/patch_transformer.py), both light-curve classifiers; `timm`
+(models/timm_classifier.py), image classifiers on any timm backbone. Every model returns a
+dict with "log_probs" (B, n_classes) and the logits its loss needs.
 """
 from __future__ import annotations
 
@@ -43,4 +44,4 @@ def _get(name):
 
 
 def _import_all():
-    from models import cnn_gru, patch_transformer  # noqa: F401  (registration side effect)
+    from models import cnn_gru, patch_transformer, timm_classifier  # noqa: F401  (registration side effect)

@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn import metrics  # noqa: E402
 
+from engine.metrics import reliability_bins  # noqa: E402
+
 DEFAULT_COLORS = ["tab:blue", "tab:orange", "tab:green"]
 COLORBLIND_COLORS = ["#0072B2", "#E69F00", "#009E73"]  # Okabe-Ito blue, orange, bluish green
 DPI = 120
@@ -135,13 +137,8 @@ def reliability_plot(y_true, probs, path, n_bins=15, colors=None) -> dict:
     confidence, predicted = np.max(probs, axis=1), np.argmax(probs, axis=1)
     correct = (predicted == np.asarray(y_true)).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.minimum((confidence * n_bins).astype(int), n_bins - 1)  # confidence 1.0 -> last bin
-    count = np.bincount(which, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.bincount(which, weights=confidence, minlength=n_bins) / count
-        acc = np.bincount(which, weights=correct, minlength=n_bins) / count
+    ece, conf, acc, count = reliability_bins(confidence, correct, n_bins)
     filled = count > 0
-    ece = float(np.sum(count[filled] / len(confidence) * np.abs(acc[filled] - conf[filled])))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 5.6), sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], ls="--", color="0.5", lw=0.8, label="perfect calibration")
     top.bar(edges[:-1], np.nan_to_num(acc), width=1 / n_bins, align="edge", color=colors[0],

@@ -187,8 +187,8 @@ def test_bad_inputs(tmp_path, tiny_h5):
     torch.save({"model": {}, "config": {"task": "lens"}, "model_name": "x", "model_kwargs": {}, "task": "lens",
                 "stats": {}}, run_dir / "last.pt")
     assert "task 'lens'" in one_error_line(train(tmp_path, tiny_h5, name="other"), "train.py")
-    r = run_script("evaluate.py", "--run", str(run_dir), "--data", tiny_h5)
-    assert "task 'lens'" in one_error_line(r, "evaluate.py")
+    r = run_script("evaluate.py", "--run", str(run_dir), "--data", tiny_h5)  # evaluate takes the run's task
+    assert "cannot rebuild its model (unknown model 'x'" in one_error_line(r, "evaluate.py")
     r = run_script("evaluate.py", "--experiment-name", "zzz", "--output", str(tmp_path / "results"))
     assert "no run matching 'zzz'" in one_error_line(r, "evaluate.py")
     # photometry: NaN-only, empty, unknown type

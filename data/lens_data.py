@@ -1,0 +1,295 @@
+"""Lens-finding data as they are found, ingested once into one packed array.
+
+Sources (any mix; every one becomes objects of (C, H, W) float32 pixels and a label):
+- a root of one class (`--train-roots` lenses, `--train-roots-neg` non-lenses): LSST challenge
+  FITS cutouts `DX_IYYYYYYY_b.fits` (one file per band, grouped by the name before `_b`; any
+  depth of sub-folders), or `.npy` images (C, H, W) / (H, W), one per object;
+- a folder with class folders: `lenses` / `nonlenses` (the simulator's FITS or npy layouts,
+  with its params.csv), or the DeepLense layout `train_lenses`, `train_nonlenses`,
+  `test_lenses`, `test_nonlenses` (objects of the test folders are flagged `is_test`);
+- the simulator's packed HDF5 file (images, labels, params/<name>).
+
+Ingestion: the index (objects, their files and labels) comes from a listing of the roots; its
+key is the roots and every file's name, size and mtime, so a changed folder is never served
+stale, and `--index-cache PATH` keeps it across runs (JSON, whatever the file's extension).
+Pixels are read by `data.fits_fast` (astropy only for unusual layouts), in `num_workers`
+processes; NaN/Inf pixels become 0 and are counted; a missing band, a truncated or non-FITS
+file is a `LensDataError` naming it, or with `skip_bad` is left out and listed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from multiprocessing import get_context
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from data.lens_images import ImageFormatError, read_params_csv
+
+BAND_ORDER = "ugrizy"
+FITS_NAME = re.compile(r"^(?P<stem>.+)_(?P<band>[A-Za-z])\.fits(\.gz)?$")
+CLASS_FOLDERS = {"lenses": (1, False), "nonlenses": (0, False), "train_lenses": (1, False),
+                 "train_nonlenses": (0, False), "test_lenses": (1, True), "test_nonlenses": (0, True)}
+INDEX_VERSION = 1
+
+
+class LensDataError(ValueError):
+    """Unusable input; the message names the file or folder and the problem."""
+
+
+# --------------------------------------------------------------------------- the index
+def _scan(root):
+    """Files under root: [(path relative to root, size, mtime_ns)], sorted."""
+    out, stack = [], [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                elif entry.name.endswith((".fits", ".fits.gz", ".npy")):
+                    st = entry.stat()
+                    out.append((os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def sources_of(data=None, pos_roots=(), neg_roots=()):
+    """[(root, label or None for a folder of class folders / an HDF5 file)] from the options."""
+    sources = [(p, None) for p in ([data] if isinstance(data, str) else list(data or ()))]
+    sources += [(p, 1) for p in pos_roots] + [(p, 0) for p in neg_roots]
+    if not sources:
+        raise LensDataError("no data: give --data or --train-roots and --train-roots-neg")
+    expanded = []
+    for root, label in sources:
+        if not os.path.exists(root):
+            raise LensDataError(f"{root}: no such file or folder")
+        if label is None and os.path.isdir(root):
+            found = [d for d in CLASS_FOLDERS if os.path.isdir(os.path.join(root, d))]
+            if not found:
+                raise LensDataError(f"{root}: no class folders ({', '.join(CLASS_FOLDERS)}); give a root of one "
+                                    "class with --train-roots / --train-roots-neg")
+            expanded += [(os.path.join(root, d), CLASS_FOLDERS[d]) for d in found]
+        elif os.path.isdir(root):
+            expanded.append((root, (label, False)))
+        elif root.endswith((".h5", ".hdf5")):
+            expanded.append((root, None))
+        else:
+            raise LensDataError(f"{root}: neither a folder nor an HDF5 file")
+    return [(os.path.abspath(r), lab) for r, lab in expanded]
+
+
+def listing_key(sources) -> str:
+    """Hash of the roots and their files' names, sizes and mtimes."""
+    h = hashlib.sha1()
+    for root, label in sources:
+        h.update(json.dumps([root, label]).encode())
+        if os.path.isdir(root):
+            h.update(json.dumps(_scan(root)).encode())
+        else:
+            st = os.stat(root)
+            h.update(f"{st.st_size} {st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def build_index(sources, key, bands=None, skip_bad=False, index_cache=None):
+    """{"objects": [[label, is_test, id, [files]]], "bands": [...], "bad": [...]} for folder
+    sources (HDF5 sources are read whole); reused from `index_cache` when its key matches."""
+    if index_cache and os.path.isfile(index_cache):
+        try:
+            with open(index_cache) as f:
+                cached = json.load(f)
+            if cached.get("version") == INDEX_VERSION and cached.get("key") == key and cached.get("want") == bands:
+                return cached
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass  # not ours (e.g. the seed's pickle) or damaged: rebuild it
+    objects, bad, found_bands = [], [], set()
+    for root, lab in sources:
+        if lab is None:
+            continue
+        label, is_test = lab
+        files = [f for f, _, _ in _scan(root)]
+        npy = [f for f in files if f.endswith(".npy")]
+        groups = {}
+        for f in files:
+            m = FITS_NAME.match(os.path.basename(f))
+            if m:
+                groups.setdefault(os.path.join(os.path.dirname(f), m["stem"]), {})[m["band"]] = os.path.join(root, f)
+        if not npy and not groups:
+            raise LensDataError(f"{root}: no FITS cutouts (NAME_b.fits) or .npy images in this folder")
+        for f in npy:
+            # "lenses/1": DeepLense names repeat across class folders
+            objects.append([label, is_test, os.path.join(os.path.basename(root), os.path.splitext(f)[0]),
+                            [os.path.join(root, f)]])
+        for stem in sorted(groups):
+            found_bands.update(groups[stem])
+        for stem, by_band in sorted(groups.items()):
+            objects.append([label, is_test, os.path.basename(stem), by_band])
+    order = sorted(found_bands, key=lambda b: (BAND_ORDER.find(b) % 99, b))
+    want = list(bands) if bands else order
+    for obj in objects:
+        if isinstance(obj[3], dict):
+            missing = [b for b in want if b not in obj[3]]
+            if missing:
+                msg = (f"{next(iter(obj[3].values()))[:-len('_x.fits')]}: missing band {','.join(missing)} "
+                       f"(has {','.join(sorted(obj[3], key=BAND_ORDER.find))})")
+                if not skip_bad:
+                    raise LensDataError(msg + "; --skip-bad leaves such objects out")
+                bad.append(msg)
+                obj[3] = None
+                continue
+            obj[3] = [obj[3][b] for b in want]
+    index = {"version": INDEX_VERSION, "key": key, "want": bands, "bands": want if found_bands else [],
+             "objects": [o for o in objects if o[3] is not None], "bad": bad}
+    if index_cache:
+        tmp = f"{index_cache}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, index_cache)
+    return index
+
+
+# --------------------------------------------------------------------------- pixels
+def read_object(files):
+    """(C, H, W) float32 of one object's files (FITS bands or one .npy)."""
+    if len(files) == 1 and files[0].endswith(".npy"):
+        try:
+            image = np.load(files[0], allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise LensDataError(f"{files[0]}: not a readable .npy image ({err})") from None
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3 or not np.issubdtype(image.dtype, np.number):
+            raise LensDataError(f"{files[0]}: shape {image.shape} {image.dtype}, expected (C, H, W) numbers")
+        return image.astype(np.float32)
+    from data import fits_fast
+    try:
+        return fits_fast.read_object(files)[1]
+    except ImageFormatError as err:
+        raise LensDataError(str(err)) from None
+
+
+def _read_chunk(job):
+    files_list, skip_bad = job
+    images, bad = [], []
+    for files in files_list:
+        try:
+            images.append(read_object(files))
+        except LensDataError as err:
+            if not skip_bad:
+                raise
+            bad.append(str(err))
+            images.append(None)
+    return images, bad
+
+
+def read_pixels(index, num_workers=0, skip_bad=False, progress=True, chunk=256):
+    """(images (N, C, H, W) float32 with NaN/Inf set to 0, kept mask (N,), bad list, n non-finite pixels)."""
+    objects = index["objects"]
+    jobs = [([o[3] for o in objects[i:i + chunk]], skip_bad) for i in range(0, len(objects), chunk)]
+    images, bad = [None] * len(objects), list(index["bad"])
+    bar = tqdm(total=len(objects), desc="ingest", unit="obj", disable=not progress, leave=False)
+    pool = get_context("spawn").Pool(num_workers) if num_workers > 1 else None
+    try:
+        results = pool.imap(_read_chunk, jobs) if pool else map(_read_chunk, jobs)
+        for j, (chunk_images, chunk_bad) in enumerate(results):
+            images[j * chunk:j * chunk + len(chunk_images)] = chunk_images
+            bad += chunk_bad
+            bar.update(len(chunk_images))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    kept = np.array([im is not None for im in images], bool)
+    shapes = {im.shape for im in images if im is not None}
+    if len(shapes) > 1:
+        first = next(im.shape for im in images if im is not None)
+        odd = next(i for i, im in enumerate(images) if im is not None and im.shape != first)
+        raise LensDataError(f"{objects[odd][3][0]}: image of shape {images[odd].shape}, other objects have {first} "
+                            "(images of mixed shapes)")
+    if not shapes:
+        raise LensDataError("no readable objects in the data")
+    packed = np.stack([im for im in images if im is not None])
+    finite = np.isfinite(packed)
+    n_bad_pixels = int(packed.size - finite.sum())
+    packed[~finite] = 0.0
+    return packed, kept, bad, n_bad_pixels, int((~finite).any(axis=(1, 2, 3)).sum())
+
+
+def read_h5_source(path):
+    """images (N, C, H, W) float32, labels, ids, params {name: (N,)} of a simulator HDF5 file."""
+    try:
+        with h5py.File(path, "r") as f:
+            images = f["images"][()].astype(np.float32)
+            labels = f["labels"][()].astype(np.int64)
+            params = {k: v[()] for k, v in f["params"].items() if v.ndim == 1} if "params" in f else {}
+            index = f["index"][()] if "index" in f else np.arange(len(labels))
+    except (OSError, KeyError) as err:
+        raise LensDataError(f"{path}: not a readable lens image HDF5 file ({err})") from None
+    if images.ndim != 4 or len(images) != len(labels):
+        raise LensDataError(f"{path}: images of shape {images.shape} for {len(labels)} labels, expected (N, C, H, W)")
+    ids = np.array([f"{os.path.basename(path)}:{i}" for i in index])
+    return images, labels, ids, params
+
+
+def params_for(objects, sources) -> dict:
+    """Row-aligned true parameters of simulated objects ({name: (N,) float}, NaN where unknown)."""
+    tables = {}
+    for root in {os.path.dirname(r) for r, lab in sources if lab is not None}:
+        for name in sorted(os.listdir(root)):
+            if name.startswith("params") and name.endswith(".csv"):
+                t = read_params_csv(os.path.join(root, name))
+                for row, file in enumerate(t["file"]):
+                    tables[os.path.join(root, file)] = {k: v[row] for k, v in t.items() if v.ndim == 1
+                                                         and k not in ("file", "class")}
+    if not tables:
+        return {}
+    names = sorted({k for row in tables.values() for k in row})
+    out = {k: np.full(len(objects), np.nan) for k in names}
+    for i, obj in enumerate(objects):
+        row = tables.get(obj[3][0])
+        for k, v in (row or {}).items():
+            out[k][i] = v
+    return out
+
+
+def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, index_cache=None):
+    """Everything of the sources as arrays: images, labels, is_test, ids, files, params/<name>;
+    plus an ingestion report {n_objects, bad, nonfinite_pixels, nonfinite_objects, bands}."""
+    folder_sources = [s for s in sources if s[1] is not None]
+    arrays = {"images": [], "labels": [], "is_test": [], "ids": [], "files": []}
+    params, report = [], {"bad": [], "nonfinite_pixels": 0, "nonfinite_objects": 0, "bands": None}
+    if folder_sources:
+        key = listing_key(folder_sources)
+        index = build_index(folder_sources, key, bands, skip_bad, index_cache)
+        images, kept, bad, n_pix, n_obj = read_pixels(index, num_workers, skip_bad, progress)
+        objects = [o for o, k in zip(index["objects"], kept) if k]
+        arrays["images"].append(images)
+        arrays["labels"].append(np.array([o[0] for o in objects], np.int64))
+        arrays["is_test"].append(np.array([o[1] for o in objects], bool))
+        arrays["ids"].append(np.array([o[2] for o in objects]))
+        arrays["files"].append(np.array([o[3][0] for o in objects]))
+        params.append(params_for(objects, folder_sources))
+        report.update(bad=bad, nonfinite_pixels=n_pix, nonfinite_objects=n_obj, bands=index["bands"])
+    for path, _ in [s for s in sources if s[1] is None]:
+        images, labels, ids, p = read_h5_source(path)
+        finite = np.isfinite(images)
+        report["nonfinite_pixels"] += int(images.size - finite.sum())
+        report["nonfinite_objects"] += int((~finite).any(axis=(1, 2, 3)).sum())
+        images[~finite] = 0.0
+        for k, v in (("images", images), ("labels", labels), ("is_test", np.zeros(len(labels), bool)),
+                     ("ids", ids), ("files", np.array([path] * len(labels)))):
+            arrays[k].append(v)
+        params.append(p)
+    shapes = {a.shape[1:] for a in arrays["images"]}
+    if len(shapes) > 1:
+        raise LensDataError(f"sources with images of different shapes {sorted(shapes)} (images of mixed shapes)")
+    out = {k: np.concatenate(v) for k, v in arrays.items()}
+    for name in sorted({k for p in params for k in p}):  # parameters known for some sources only: NaN elsewhere
+        out[f"params_{name}"] = np.concatenate([p.get(name, np.full(len(lab), np.nan))
+                                                for p, lab in zip(params, arrays["labels"])])
+    report["n_objects"] = int(len(out["labels"]))
+    return out, report
