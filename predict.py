@@ -46,6 +46,8 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta", type=int, choices=(1, 3, 8), default=3,
                    help="lens: test-time augmentations (1 none, 3 identity + h/v flips, 8 all flips/rotations)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="lens: inference precision (auto: bf16 on GPUs and CPUs with fast bf16, else fp32)")
     p.add_argument("--extra-columns", action="store_true", help="lens: also write logit_std and file")
     p.add_argument("--num-workers", type=int, default=0, help="lens: processes reading FITS files")
     p.add_argument("--device", default="auto")

@@ -6,6 +6,8 @@ augmentations. All functions take and return (B, C, H, W) float tensors.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 NORMS = ("standardize", "band", "asinh", "none")
@@ -22,14 +24,14 @@ def normalize(x: torch.Tensor, mode: str) -> torch.Tensor:
     """
     if mode == "none":
         return x
-    if mode == "standardize":
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True)
-        return (x - mean) / std.clamp_min(1e-8)
-    if mode == "band":
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True)
-        return (x - mean) / std.clamp_min(1e-8)
+    if mode in ("standardize", "band"):
+        # two passes (mean, then the mean square of the residual): exact like torch.std, and
+        # ~5x faster on a CPU than torch.var_mean's single-pass kernel
+        B, C = x.shape[:2]
+        flat = x.reshape(B, -1) if mode == "standardize" else x.reshape(B * C, -1)
+        d = flat - flat.mean(dim=1, keepdim=True)
+        var = (d * d).sum(dim=1, keepdim=True) / max(flat.shape[1] - 1, 1)
+        return d.mul_(var.sqrt().clamp_min(1e-8).reciprocal_()).view_as(x)
     if mode == "asinh":
         flat = x.flatten(2)
         med = flat.median(dim=2, keepdim=True).values
@@ -50,31 +52,46 @@ def tta_transforms(n: int) -> tuple:
     return {1: (0,), 3: (0, 4, 6), 8: tuple(range(8))}[n]
 
 
-def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each image of the batch under its own random symmetry (8 grouped calls, not B)."""
-    ks = torch.randint(0, 8, (x.shape[0],), generator=generator)
-    out = torch.empty_like(x)
-    for k in range(8):
-        sel = (ks == k).nonzero().flatten().to(x.device)
-        if len(sel):
-            out[sel] = d4(x[sel], k)
+@functools.lru_cache(maxsize=8)
+def _d4_tables(H: int, W: int) -> torch.Tensor:
+    """(8, H, W) int64: for symmetry k, the flat input index each output pixel takes."""
+    grid = torch.arange(H * W).view(1, 1, H, W)
+    return torch.cat([d4(grid, k) for k in range(8)]).view(8, H, W)
+
+
+def random_geometry(x: torch.Tensor, symmetries: bool = True, max_shift: int = 0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image under its own random D4 symmetry and shift of up to +-max_shift pixels per
+    axis, as ONE gather of pixels (B index maps of H x W), so the cost does not grow with the
+    number of transforms. Shifted-in edges are zeros (the mean of a standardised image), not
+    wrapped, so no flux comes in from the other side."""
+    B, C, H, W = x.shape
+    if not symmetries and max_shift <= 0:
+        return x
+    if symmetries and H != W:
+        raise ValueError(f"the 8 symmetries of the square need square images, not {H}x{W}")
+    ks = torch.randint(0, 8, (B,), generator=generator) if symmetries else torch.zeros(B, dtype=torch.long)
+    shifts = torch.randint(-max_shift, max_shift + 1, (B, 2), generator=generator) if max_shift > 0 \
+        else torch.zeros(B, 2, dtype=torch.long)
+    rows = torch.arange(H)[None] - shifts[:, :1]  # (B, H): row of the symmetric image each output row shows
+    cols = torch.arange(W)[None] - shifts[:, 1:]
+    valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]  # (B, H, W)
+    table = _d4_tables(H, W)[ks[:, None, None], rows.clamp(0, H - 1)[:, :, None], cols.clamp(0, W - 1)[:, None, :]]
+    index = table.view(B, 1, H * W).expand(B, C, H * W).to(x.device)
+    out = torch.gather(x.reshape(B, C, H * W), 2, index).view(B, C, H, W)
+    if max_shift > 0:
+        out = out * valid[:, None].to(device=x.device, dtype=x.dtype)
     return out
 
 
+def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of the batch under its own random symmetry of the square."""
+    return random_geometry(x, True, 0, generator)
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each image moved by up to +-max_shift pixels per axis, edges filled with zeros (the mean
-    of a standardised image), not wrapped, so no flux comes in from the other side."""
-    if max_shift <= 0:
-        return x
-    B, C, H, W = x.shape
-    shifts = torch.randint(-max_shift, max_shift + 1, (B, 2), generator=generator).to(x.device)
-    rows = (torch.arange(H, device=x.device)[None] - shifts[:, :1])  # (B, H) source row of each output row
-    cols = (torch.arange(W, device=x.device)[None] - shifts[:, 1:])
-    valid = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-    rows, cols = rows.clamp(0, H - 1), cols.clamp(0, W - 1)
-    batch = torch.arange(B, device=x.device)[:, None, None]
-    out = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    return out * valid[:, None].to(x.dtype)
+    """Each image moved by up to +-max_shift pixels per axis, edges filled with zeros."""
+    return random_geometry(x, False, max_shift, generator)
 
 
 def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,5 +99,4 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None =
     if sigma <= 0:
         return x
     level = sigma * torch.rand(x.shape[0], 1, 1, 1, generator=generator).to(x.device)
-    noise = torch.randn(x.shape, generator=generator).to(x.device)
-    return x + level * noise
+    return x.add_(torch.randn(x.shape, generator=generator).to(x.device).mul_(level))

@@ -215,7 +215,8 @@ class FolderSink:
         """Nothing stays open between blocks: every file and the state are complete on disk."""
 
     def finish(self):
-        os.remove(self.state_path)
+        if os.path.exists(self.state_path):  # a shard with no blocks (more shards than blocks) wrote none
+            os.remove(self.state_path)
 
 
 def _same_definition(path, signature):

@@ -8,6 +8,7 @@ validation ROC AUC; the test split (or the DeepLense test folders) is never used
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -147,12 +148,8 @@ def fit_stats(data, split, args, info):
 
 
 def gather(images, indices) -> np.ndarray:
-    """Rows of the packed array in the order of `indices` (read in increasing order: cache-friendly)."""
-    indices = np.asarray(indices)
-    order = np.argsort(indices, kind="stable")
-    out = np.empty((len(indices),) + images.shape[1:], np.float32)
-    out[order] = images[indices[order]]
-    return out
+    """Rows of the packed array (a map of the node's RAM copy) in the order of `indices`."""
+    return np.take(images, np.asarray(indices), axis=0).astype(np.float32, copy=False)
 
 
 def make_fetch(data, stats, args, device, train: bool):
@@ -161,10 +158,9 @@ def make_fetch(data, stats, args, device, train: bool):
     def fetch(indices):
         x = torch.from_numpy(gather(images, indices)).to(device, non_blocking=True)
         x = augment.normalize(x, stats["norm"])
-        if train and args.augment == "d4":
-            x = augment.random_d4(x)
         if train:
-            x = augment.add_noise(augment.random_shift(x, args.max_shift), args.noise)
+            x = augment.random_geometry(x, args.augment == "d4", args.max_shift)
+            x = augment.add_noise(x, args.noise)
         return x, torch.from_numpy(labels[np.asarray(indices)])
     return fetch
 
@@ -209,14 +205,29 @@ def checkpoint_extras(data, stats, args) -> dict:
 
 
 # --------------------------------------------------------------------------- scoring (predict, evaluate)
+def inference_precision(amp: str, device) -> str:
+    """auto: bf16 where the hardware computes it fast (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fast = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if fast else "fp32"
+
+
 @torch.no_grad()
 def member_logits(model, stats, images, tta: int, batch_size: int, device, amp: str = "fp32",
                   progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Mean logit over the test-time symmetries for (N, C, H, W) raw images, one member."""
+    """Mean logit over the test-time symmetries for (N, C, H, W) raw images, one member.
+
+    Normalisation runs in float32 as in training; with amp bf16 the network's weights and
+    activations are bfloat16 (channels-last either way: the fast layout for oneDNN and cuDNN)."""
     if tuple(images.shape[1:]) != tuple(stats["shape"]):
         raise TaskError(f"images of shape {tuple(images.shape[1:])}, the run was trained on {tuple(stats['shape'])}")
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[amp]
+    net = copy.deepcopy(model).to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
     out = np.zeros(len(images), np.float64)
     ks = augment.tta_transforms(tta)
     for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
@@ -225,8 +236,7 @@ def member_logits(model, stats, images, tta: int, batch_size: int, device, amp: 
         x = augment.normalize(x, stats["norm"])
         total = torch.zeros(len(x), dtype=torch.float64)
         for k in ks:
-            with torch.autocast(torch.device(device).type, dtype=dtype, enabled=amp != "fp32"):
-                z = model(augment.d4(x, k).contiguous(memory_format=torch.channels_last))["logit"]
+            z = net(augment.d4(x, k).to(dtype).contiguous(memory_format=torch.channels_last))["logit"]
             total += z.double().cpu()
         out[i:i + len(x)] = (total / len(ks)).numpy()
     return out
@@ -234,8 +244,9 @@ def member_logits(model, stats, images, tta: int, batch_size: int, device, amp: 
 
 def ensemble_scores(runs, images, args, progress=True):
     """(score = sigmoid(mean member logit), std of member logits, member logits (M, N))."""
+    amp = inference_precision(args.amp, args.device)
     members = np.stack([member_logits(model, ckpt["stats"], images, args.tta, args.batch_size, args.device,
-                                      getattr(args, "amp", "fp32"), progress, f"member {m + 1}/{len(runs)}")
+                                      amp, progress, f"member {m + 1}/{len(runs)}")
                         for m, (ckpt, model, _) in enumerate(runs)])
     mean = members.mean(0)
     return 1 / (1 + np.exp(-mean)), members.std(0), members
@@ -278,6 +289,8 @@ def predict(runs, args):
 def add_evaluate_args(parser):
     g = parser.add_argument_group("lens finding")
     g.add_argument("--tta", type=int, choices=(1, 3, 8), default=3, help="test-time symmetries (see predict.py)")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="inference precision (auto: bf16 on GPUs and CPUs with fast bf16, else fp32)")
     g.add_argument("--candidates", type=int, default=0, help="write the N best-scored objects: catalogue and grid")
     g.add_argument("--n-examples", type=int, default=16, help="most confident false positives / negatives shown")
     g.add_argument("--skip-bad", action="store_true", help="leave out unreadable objects (listed)")
@@ -310,7 +323,8 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     out_dir = args.out_dir or os.path.join(run_dir, f"eval_{stem}")
     os.makedirs(out_dir, exist_ok=True)
     print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}, {ckpt['model_kwargs']['backbone']}) on {what}: "
-          f"{len(y)} objects, {int(y.sum())} lenses; TTA x{args.tta}", flush=True)
+          f"{len(y)} objects, {int(y.sum())} lenses; TTA x{args.tta}, "
+          f"{inference_precision(args.amp, args.device)}", flush=True)
     score = ensemble_scores([(ckpt, model, ckpt_path)], images, args, not args.no_progress)[0]
     P = lambda name: os.path.join(out_dir, name)  # noqa: E731
     colors = lens_eval.palette(args.colorblind_safe)

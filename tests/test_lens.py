@@ -229,7 +229,7 @@ def test_tta_and_ensemble_average_logits_like_a_hand_computation(seed_run, roots
     torch.save(ckpt, other / "best.pt")
     out = tmp_path / "p.csv"
     r = run_script("predict.py", "--runs", str(run_dir), str(other), "--input", roots["B"], "--output", str(out),
-                   "--tta", "8", "--extra-columns", "--no-progress")
+                   "--tta", "8", "--extra-columns", "--amp", "fp32", "--no-progress")
     assert r.returncode == 0, r.stderr
     rows = list(csv.reader(open(out)))[1:]
     from engine.checkpoint import build_from_checkpoint

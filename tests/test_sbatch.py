@@ -132,3 +132,22 @@ def test_image_array_shards_fill_one_folder(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "sharded" / name).read_bytes()
     tables = [lens_images.read_params_csv(str(tmp_path / "sharded" / f"params_shard{i}of2.csv")) for i in (0, 1)]
     assert sorted(np.concatenate([t["index"] for t in tables]).tolist()) == list(range(80))
+
+
+def test_lens_pipeline_runs_locally(tmp_path):
+    """simulate (2 FITS shards) -> train -> evaluate with candidates, as the SLURM chain runs it."""
+    name = f"lens{os.getpid()}"
+    results = tmp_path / "results"
+    env = dict(os.environ, LOCAL="1", OUT=str(tmp_path / "lsst"), RESULTS=str(results), NAME=name, N="24",
+               SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=sys.prefix, CANDIDATES="8",
+               TRAIN_ARGS="--epochs 1 --batch-size 16 --device cpu --no-progress",
+               EVAL_ARGS="--no-progress --n-bootstrap 10")
+    r = subprocess.run(["bash", "sbatch/lens_pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert len(list((tmp_path / "lsst" / "lenses").glob("*.fits"))) == 24 * 5
+    evaluation = results / name / "eval_test"
+    with open(evaluation / "evaluation_summary.json") as f:
+        summary = json.load(f)
+    assert summary["rows"] == "test split" and summary["candidates"]["n"] == min(8, summary["metrics"]["n"])
+    assert (evaluation / "candidates.png").stat().st_size > 1000
