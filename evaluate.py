@@ -10,6 +10,9 @@
     python evaluate.py --run results/lens_resnet18_lsst_s42
     python evaluate.py --run results/lens_resnet18_lsst_s42 --data survey_cutouts/ --candidates 64
 
+    # one table of several evaluated runs (CSV and Markdown)
+    python evaluate.py --compare results/lens_resnet18_lsst_s42 results/lens_convnext_nano_lsst_s42
+
     # on SLURM: sbatch/evaluate.sbatch
 
 `--experiment-name` matches a run directory under --output by substring (the newest wins); the
@@ -28,6 +31,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import torch
 
 from engine.checkpoint import CheckpointError
@@ -45,6 +49,9 @@ def get_args_parser():
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--experiment-name", help="run directory name under --output, or part of it")
     which.add_argument("--run", help="a run directory or checkpoint file")
+    which.add_argument("--compare", nargs="+", metavar="RUN_DIR",
+                       help="one table of evaluated runs (model, parameters, training time, samples/s, metrics): "
+                            "<--out-dir or .>/comparison.csv and .md")
     p.add_argument("--output", default="results", help="folder holding run directories")
     p.add_argument("--data", nargs="+", default=None,
                    help="data to evaluate (default: the run's own data, test split); lens: FITS roots, "
@@ -62,7 +69,52 @@ def get_args_parser():
     return p
 
 
+def compare(args):
+    """Rows of evaluated runs side by side, from their evaluation_summary.json and metrics.jsonl."""
+    import csv
+    import glob
+    runs = sorted({r for pattern in args.compare for r in (glob.glob(pattern) or [pattern])})
+    rows = []
+    for run in runs:
+        summaries = sorted(glob.glob(os.path.join(run, "eval_*", "evaluation_summary.json")), key=os.path.getmtime)
+        if not summaries:
+            raise EvaluateError(f"{run}: no eval_*/evaluation_summary.json; run evaluate.py --run {run} first")
+        with open(summaries[-1]) as f:
+            summary = json.load(f)
+        try:
+            ckpt, model, _ = load_run(run, None, "last")
+        except CheckpointError as err:
+            raise EvaluateError(str(err)) from None
+        with open(os.path.join(run, "metrics.jsonl")) as f:
+            epochs = [json.loads(line) for line in f if line.strip()]
+        task = get_task(ckpt["task"])
+        row = {"run": os.path.basename(os.path.normpath(run)), "task": ckpt["task"],
+               "model": ckpt["model_kwargs"].get("backbone", ckpt["model_name"]),
+               "parameters": sum(p.numel() for p in model.parameters()), "epochs": len(epochs),
+               "train_minutes": sum(e.get("train_seconds", 0.0) for e in epochs) / 60,
+               "train_samples_per_s": float(np.median([e["samples_per_s"] for e in epochs] or [np.nan])),
+               "evaluated_on": f"{summary['rows']} ({os.path.basename(os.path.dirname(summaries[-1]))})"}
+        row.update(task.compare_columns(summary))
+        rows.append(row)
+    out_dir = args.out_dir or "."
+    os.makedirs(out_dir, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(os.path.join(out_dir, "comparison.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    with open(os.path.join(out_dir, "comparison.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\n(written to {out_dir}/comparison.csv and .md)", flush=True)
+    return 0
+
+
 def main(args):
+    if args.compare:
+        return compare(args)
     args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         run = args.run or find_run(args.experiment_name, args.output)

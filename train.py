@@ -244,7 +244,7 @@ def main(args):
         train_seconds = timer()
         val_sums, (val_y, val_log_probs) = evaluate(unwrapped, criterion, autocast, val_fetch, split["val"],
                                                     args.batch_size, info, n_classes=n_classes, collect=True)
-        metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
+        metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                    "samples_per_s": float(sums[2]) / train_seconds, "partial_epoch": start_batch > 0,
                    **summarize(sums, "train", class_names), **summarize(val_sums, "val", class_names),
                    **{f"val_{k}": v for k, v in task.val_metrics(val_y, val_log_probs).items()}}

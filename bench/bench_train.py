@@ -106,7 +106,7 @@ def main():
         print(f"training throughput on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}, "
               f"T={args.seq_len}, d=64, 4 layers, {args.amp}")
         rates = {}
-        for name in list_models():
+        for name in list_models("light_curve"):
             rates[name] = throughput(name, device, args.batch_size, args.seq_len, args.steps, args.amp)
             print(f"  {name:18s} {rates[name]:9.1f} samples/s")
         if "cnn_gru" in rates:

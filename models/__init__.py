@@ -10,18 +10,21 @@ from __future__ import annotations
 import inspect
 
 _REGISTRY = {}
+_KINDS = {}
 
 
-def register(name):
+def register(name, kind="light_curve"):
+    """Class decorator; `kind` says what the model reads (light_curve, image)."""
     def wrap(cls):
         _REGISTRY[name] = cls
+        _KINDS[name] = kind
         return cls
     return wrap
 
 
-def list_models():
+def list_models(kind=None):
     _import_all()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if kind is None or _KINDS[n] == kind)
 
 
 def model_kwargs(name: str, options: dict) -> dict:

@@ -54,7 +54,7 @@ def check_backbone(backbone: str):
         raise BackboneError(f"unknown backbone {backbone!r} (timm has e.g. {', '.join(close) or 'resnet18, convnext_tiny'})")
 
 
-@register("timm")
+@register("timm", kind="image")
 class TimmClassifier(nn.Module):
     """timm backbone → logits (B, n_outputs). Binary (n_outputs 1): "logit" (B,) and
     "log_probs" (B, 2) = log sigmoid of (-logit, logit); otherwise "logits" and "log_probs" (B, K)."""

@@ -12,7 +12,8 @@ A task module (tasks/<task>.py) provides, as plain functions and constants:
                  build_model(args, data, stats) -> (model, model_name, model_kwargs),
                  make_criterion(data, split, args), val_metrics(y, log_probs) -> dict,
                  checkpoint_extras(data, stats, args) -> dict
-    evaluate.py: add_evaluate_args(parser), evaluate(ckpt, model, ckpt_path, args) -> int
+    evaluate.py: add_evaluate_args(parser), evaluate(ckpt, model, ckpt_path, args) -> summary dict,
+                 compare_columns(summary) -> dict (evaluate.py --compare)
     predict.py:  predict(runs, args) -> (header, rows, n_skipped)
 
 so a new task is one new module (plus its models) and no loop is edited.

@@ -369,6 +369,15 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     return summary
 
 
+def compare_columns(summary) -> dict:
+    """What evaluate.py --compare shows of a run's evaluation."""
+    m = summary["metrics"]
+    return {"n_lenses": m["n_pos"], "n_nonlenses": m["n_neg"], "auc": m["auc"],
+            "average_precision": m["average_precision"],
+            "tpr_at_fpr_1e-2": m["tpr_at_fpr_1e-2"], "tpr_at_fpr_1e-3": m["tpr_at_fpr_1e-3"], "tpr0": m["tpr0"],
+            "tpr10": m["tpr10"]}
+
+
 def _load_sources(sources, stats, args):
     try:
         return lens_data.load_all(sources, stats["bands"] or None, args.skip_bad, 0, not args.no_progress)

@@ -50,8 +50,8 @@ def add_train_args(parser):
 
 
 def check_train_args(args):
-    if args.model not in list_models():
-        raise TaskError(f"unknown model {args.model!r}; choose from {', '.join(list_models())}")
+    if args.model not in list_models("light_curve"):
+        raise TaskError(f"unknown model {args.model!r}; choose from {', '.join(list_models('light_curve'))}")
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")
@@ -246,6 +246,12 @@ def _evolution_plots(raw, grid, log_probs_of, names, n_per_class, P, colors, n_s
                 raw["time"], raw["mag"][i], raw["mag_err"][i], fractions, probs, c, names,
                 P(f"evolution_{name}_{k}.png"), title=f"{name} event {k}", colors=colors)
     return result
+
+
+def compare_columns(summary) -> dict:
+    """What evaluate.py --compare shows of a run's evaluation."""
+    m = summary["metrics"]
+    return {"accuracy": m["accuracy"], "auroc_macro": m.get("auroc_macro", float("nan")), "ece": m["ece"]}
 
 
 # --------------------------------------------------------------------------- predict.py

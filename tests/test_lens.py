@@ -218,6 +218,11 @@ def test_seed_commands_train_predict_evaluate(seed_run, roots, tmp_path):
     cands = list(csv.reader(open(ev / "candidates.csv")))
     assert cands[0] == ["rank", "id", "score", "file"] and len(cands) == 6
     assert [float(c[2]) for c in cands[1:]] == sorted((float(c[2]) for c in cands[1:]), reverse=True)
+    r = run_script("evaluate.py", "--compare", str(run_dir), "--out-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    table = list(csv.DictReader(open(tmp_path / "comparison.csv")))
+    assert table[0]["model"] == "resnet18" and float(table[0]["auc"]) == summary["metrics"]["auc"]
+    assert int(table[0]["parameters"]) > 1e6 and float(table[0]["train_minutes"]) > 0
 
 
 def test_tta_and_ensemble_average_logits_like_a_hand_computation(seed_run, roots, tmp_path):

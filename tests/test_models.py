@@ -21,7 +21,7 @@ def small(name, **extra):
                                                          n_heads=2, **extra)))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("light_curve"))
 @pytest.mark.parametrize("hierarchical", [True, False])
 def test_shapes_finite_and_gradients(name, hierarchical):
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def test_shapes_finite_and_gradients(name, hierarchical):
     assert set(parts) == ({"stage1", "stage2", "aux"} if hierarchical else {"ce"})
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("light_curve"))
 def test_encoder_is_causal(name):
     """Encoder output j is unchanged when inputs after j's last input step change."""
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def test_encoder_is_causal(name):
     assert not torch.allclose(hx[:, n_safe:], hy[:, n_safe:], atol=1e-4)  # later outputs do see the change
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("light_curve"))
 def test_truncated_curve_ignores_unobserved_future(name):
     """A curve observed up to step t: its class probabilities do not depend on what lies after t."""
     torch.manual_seed(0)
