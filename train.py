@@ -27,6 +27,7 @@ import sys
 import numpy as np
 import torch
 
+from data.cache import CacheBuildError
 from engine import distributed
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.cli import OneLineErrorParser
@@ -279,5 +280,5 @@ if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     try:
         sys.exit(main(arguments))
-    except (TrainError, TaskError, NonFiniteLossError, distributed.DistributedSetupError) as error:
+    except (TrainError, TaskError, CacheBuildError, NonFiniteLossError, distributed.DistributedSetupError) as error:
         sys.exit(f"train.py: error: {error}")

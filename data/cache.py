@@ -33,6 +33,10 @@ def cache_key(path, config: dict) -> str:
     return "lensing_cache_" + hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
+class CacheBuildError(RuntimeError):
+    """The local rank 0 failed to build the cache; raised on the ranks that waited for it."""
+
+
 class SharedArrays:
     """Arrays named in `build()`'s returned dict, mapped from the node's shared cache."""
 
@@ -40,9 +44,18 @@ class SharedArrays:
         self.dir = os.path.join(cache_dir or default_cache_dir(), key)
         self.info = info
         done = os.path.join(self.dir, "done.json")
+        failed = os.path.join(self.dir, "failed.txt")
         if info.is_local_main and not os.path.exists(done):
-            arrays = build()
             os.makedirs(self.dir, exist_ok=True)
+            if os.path.exists(failed):  # from an earlier attempt of this job (a requeued SLURM job keeps its id)
+                os.remove(failed)
+            try:
+                arrays = build()
+            except Exception as err:  # tell the waiting ranks, so that no rank hangs at the barrier
+                with open(failed, "w") as f:
+                    f.write(str(err))
+                barrier(info)
+                raise
             for name, value in arrays.items():
                 tmp = os.path.join(self.dir, f".{name}.{os.getpid()}.npy")
                 np.save(tmp, np.ascontiguousarray(value))
@@ -52,6 +65,9 @@ class SharedArrays:
             os.replace(done + ".tmp", done)
             del arrays
         barrier(info)  # every node's builder has finished before anyone reads
+        if os.path.exists(failed):
+            with open(failed) as f:
+                raise CacheBuildError(f"the node's data cache could not be built: {f.read()}")
         with open(done) as f:
             names = json.load(f)
         self.arrays = {name: np.load(os.path.join(self.dir, f"{name}.npy"), mmap_mode="r") for name in names}

@@ -257,6 +257,11 @@ def test_two_ranks_share_one_ingestion(roots, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("ingested 48 objects") == 1  # built by local rank 0 only, read by both
     assert "2 process(es)" in r.stdout and not [p for p in os.listdir(tmp_path) if p.startswith("lensing_cache_")]
+    os.makedirs(tmp_path / "empty")
+    bad = cmd[:cmd.index("--train-roots") + 1] + [str(tmp_path / "empty")] + cmd[cmd.index("--train-roots") + 2:] \
+        + ["--experiment-name", "ddp_bad"]
+    r = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=300)  # fails on both ranks, no hang
+    assert r.returncode != 0 and r.stderr.count("no FITS cutouts") >= 2, r.stderr[-2000:]
 
 
 def one_error_line(r, prog):
