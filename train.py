@@ -1,4 +1,4 @@
-"""Train a classifier; one code path for a CPU laptop, one GPU and many nodes.
+"""Train a model of any task; one code path for a CPU laptop, one GPU and many nodes.
 
     # single process (CPU or one GPU); the thesis quick-start command works unchanged
     python train.py --data test.h5 --epochs 5 --batch-size 32 --hierarchical --use-aux-head
@@ -11,7 +11,12 @@
     # one node, 4 processes (NCCL on GPUs, gloo on CPU)
     torchrun --standalone --nproc-per-node 4 train.py --data baseline.h5 --amp bf16
 
-    # SLURM, many nodes: sbatch/train.sbatch (srun torchrun with c10d rendezvous)
+    # lens finding (--task lens): a folder of lenses/nonlenses, an image HDF5 file, or roots per class
+    python train.py --task lens --data data/lsst --model resnet18 --epochs 20
+    python train.py --task lens --mode train --model-name convnext_tiny --train-roots A B --train-roots-neg C D \
+        --index-cache idx.pkl --val-split 0.2 --epochs 30 --batch-size 512 --num-workers 4 --cache-ratio 1
+
+    # SLURM, many nodes: sbatch/train.sbatch (srun torchrun with c10d rendezvous); lens: sbatch/lens_pipeline.sh
 
 The run directory (<output>/<experiment-name>; the name is derived from the options when not
 given, without a timestamp) holds config.json, split.npz, metrics.jsonl, last.pt and best.pt.
