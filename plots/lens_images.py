@@ -46,11 +46,11 @@ def load_examples(output, fmt, cfg, bands, per_class):
 
 def to_display(image):
     """(C, H, W) -> something imshow shows well: one band as is, several as an asinh RGB
-    composite of the reddest three (i, r, g for grizy)."""
+    composite (i, r, g of grizy: blue arcs stay blue next to a red deflector; the reddest three otherwise)."""
     image = np.nan_to_num(np.asarray(image, dtype=np.float64))
     if image.shape[0] == 1:
         return image[0], "magma"
-    rgb = image[[3, 2, 1]] if image.shape[0] == 5 else image[::-1][:3]
+    rgb = image[[2, 1, 0]] if image.shape[0] == 5 else image[::-1][:3]
     rgb = np.moveaxis(rgb, 0, -1)
     scale = rgb.max() + 1e-12  # asinh stretch: faint arcs visible next to a bright lens galaxy
     rgb = np.arcsinh(np.clip(rgb, 0, None) / (0.02 * scale)) / np.arcsinh(50.0)

@@ -220,17 +220,97 @@ def test_non_empty_output_folder_needs_overwrite(tmp_path, script):
     assert len(list(folder.rglob("*.npy"))) == 3
 
 
-def test_classes_share_nuisance_distributions(tmp_path, script):
-    """Science hygiene: lenses and non-lenses draw deflector galaxies, seeing and field objects
-    from one distribution, also after the arc S/N cut (a shortcut would show up here)."""
-    sim(script, "--task", "lens", "--n-lens", "150", "--n-nonlens", "150", "--output", str(tmp_path / "h.h5"))
-    data, _ = lens_images.read_h5(str(tmp_path / "h.h5"))
+@pytest.fixture(scope="module")
+def hygiene_set(tmp_path_factory):
+    """150 + 150 lsst objects with their true parameters ({name: array} as read_h5 gives)."""
+    from tests.conftest import run_script
+    path = tmp_path_factory.mktemp("hygiene") / "h.h5"
+    r = run_script(*SIM, "--task", "lens", "--n-lens", "150", "--n-nonlens", "150", "--output", str(path))
+    assert r.returncode == 0, r.stderr
+    data, _ = lens_images.read_h5(str(path))
+    return data
+
+
+def test_classes_share_nuisance_distributions(hygiene_set):
+    """Science hygiene: lenses and non-lenses draw deflector galaxies, seeing, depth, field
+    objects, stars, blends and masks from one distribution, also after the arc S/N cut (a
+    shortcut would show up here)."""
+    data = hygiene_set
     lens = data["labels"] == 1
-    for key in ("lens_mag_i", "lens_r_e", "lens_n", "psf_fwhm_i", "psf_fwhm_g", "n_field"):
-        p = stats.ks_2samp(data[f"params/{key}"][lens], data[f"params/{key}"][~lens]).pvalue
+    for key in ("lens_mag_i", "lens_r_e", "lens_n", "deflector_theta_e", "psf_fwhm_i", "psf_fwhm_g", "n_field",
+                "depth", "faint_deflector", "blend", "n_star", "n_saturated", "mask_kind", "mask_frac", "mask_nan"):
+        # asymptotic p-values: counts and flags have ties, for which the exact ones are not defined
+        p = stats.ks_2samp(data[f"params/{key}"][lens], data[f"params/{key}"][~lens], method="asymp").pvalue
         assert p > 0.01, f"{key} differs between lenses and non-lenses (KS p = {p:.3g})"
-    # the blue features of non-lenses are about as bright as the arcs of lenses
-    total = data["images"].sum((2, 3))  # (N, 5) flux
+    # the blue features of non-lenses are about as bright as the arcs of lenses: the stamp colour
+    # of lenses matches that of non-lenses with a feature (plain galaxies are redder, as they are)
+    total = np.nan_to_num(data["images"]).sum((2, 3))  # (N, 5) flux
     colour = -2.5 * np.log10(np.clip(total[:, 0] / total[:, 2], 1e-3, None))  # g - i of the whole stamp
-    p = stats.ks_2samp(colour[lens], colour[~lens]).pvalue
-    assert p > 0.001, f"stamp colour separates the classes (KS p = {p:.3g})"
+    featured = ~lens & (data["params/kind"] != 1)
+    p = stats.ks_2samp(colour[lens], colour[featured]).pvalue
+    assert p > 0.001, f"stamp colour separates lenses from look-alikes (KS p = {p:.3g})"
+    arc = data["params/src_mag_i"][lens] - 2.5 * np.log10(data["params/magnification"][lens])
+    p = stats.ks_2samp(arc, data["params/feature_mag_i"][featured]).pvalue
+    assert p > 0.001, f"look-alike features and lensed arcs differ in brightness (KS p = {p:.3g})"
+
+
+def test_lenses_show_resolved_arcs(hygiene_set):
+    """The lens population is one a person can find: Einstein radii mostly beyond the seeing,
+    arcs magnified, detected well above the cut and not buried in the deflector's light."""
+    p = {k[7:]: v[hygiene_set["labels"] == 1] for k, v in hygiene_set.items() if k.startswith("params/")}
+    assert np.mean(p["theta_e"] >= 0.8) > 0.75
+    assert np.mean(p["theta_e"] < 0.8) > 0.03  # the hard small-theta_E tail is kept
+    assert np.median(p["magnification"]) > 3.5
+    assert np.mean(p["arc_snr"] > 30) > 0.8
+    # unlensed light per unit arc light on the arc, around the Einstein radius
+    assert np.median(p["unlensed_to_arc_g"]) < 1.0 and np.median(p["unlensed_to_arc_i"]) < 4.0
+    assert np.all(np.isnan(hygiene_set["params/unlensed_to_arc_g"][hygiene_set["labels"] == 0]))
+
+
+def test_flux_images_carry_masks_stars_and_nan(hygiene_set):
+    """lsst flux cutouts have what real ones have: masked areas, NaN or zero, exactly where the
+    saved mask parameters say, and stars."""
+    images, params = hygiene_set["images"], {k[7:]: v for k, v in hygiene_set.items() if k.startswith("params/")}
+    nan_frac = np.isnan(images).mean((1, 2, 3))
+    nan_rows = params["mask_nan"] == 1
+    np.testing.assert_allclose(nan_frac[nan_rows], params["mask_frac"][nan_rows])
+    assert np.all(nan_frac[~nan_rows] == 0)
+    assert np.any(nan_frac > 0) and np.any(params["n_star"] > 0)
+    zero_rows = ~nan_rows & (params["mask_frac"] > 0)
+    assert np.all((images[zero_rows] == 0).mean((1, 2, 3)) >= params["mask_frac"][zero_rows])
+
+
+def test_stars_saturation_and_mask_geometry():
+    """Renderer pieces: point sources keep their flux and centroid, saturate at the single-visit
+    level with a flat top, and masks cover the pixels their geometry says."""
+    import torch
+    from physics.strong import render, scenes
+    from physics.strong.instrument import magnitude_to_flux
+    cfg = scenes.CONFIGS["lsst"]
+    flux = torch.tensor([[[100.0, 200.0]]], dtype=torch.float64)  # (B=1, S=1, C=2)
+    x, y = torch.tensor([[0.13]], dtype=torch.float64), torch.tensor([[-0.27]], dtype=torch.float64)
+    image = render.point_sources(flux, x, y, 41, 0.2)
+    assert image.shape == (1, 2, 41, 41)
+    np.testing.assert_allclose(image.sum((2, 3)).numpy(), [[100.0, 200.0]])
+    axis = (np.arange(41) - 20) * 0.2
+    band = image[0, 0].numpy()
+    np.testing.assert_allclose([(band.sum(0) * axis).sum() / 100, (band.sum(1) * axis).sum() / 100], [0.13, -0.27])
+
+    scene, params = scenes.sample(cfg, torch.tensor([1, 0, 1, 0]), torch.Generator().manual_seed(3))
+    scene["star_flux"][:] = 0
+    scene["star_flux"][0, 0] = magnitude_to_flux(11.0)  # far brighter than saturation in every band
+    scene["star_x"][0, 0], scene["star_y"][0, 0] = 2.0, 2.0
+    scene.update(mask_kind=torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64),
+                 mask_side=torch.tensor([0.0, 0.0, 2.0, 0.0], dtype=torch.float64),
+                 mask_a=torch.tensor([0.0, 5.0, 4.0, 10.0], dtype=torch.float64),
+                 mask_b=torch.tensor([0.0, 0.0, 6.0, 2.0], dtype=torch.float64),
+                 mask_nan=torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64))
+    images = render.Renderer(cfg).render(scene, params, torch.Generator().manual_seed(4))["images"].numpy()
+    level = render.saturation_level(scenes.survey_bands(cfg), cfg.pixel_scale).numpy()
+    np.testing.assert_allclose(np.nanmax(images[0], (1, 2)), level, rtol=1e-5)
+    assert params["n_saturated"][0] > 4 and np.all((images[0] >= level[:, None, None] * (1 - 1e-5)).sum((1, 2)) > 4)
+    np.testing.assert_allclose(params["mask_frac"].numpy(), [0, 5 * 41, 4 * 6, 2 * 41] / np.array(41.0 ** 2))
+    assert np.isnan(images[1][:, :, :5]).all() and not np.isnan(images[1][:, :, 5:]).any()  # left edge strip
+    corner = images[2][:, :4, -6:]  # bottom rows, right columns
+    assert (corner == 0).all() and (images[2] == 0).sum() == 5 * 4 * 6
+    assert np.isnan(images[3][:, :, 10:12]).all() and np.isnan(images[3]).sum() == 5 * 2 * 41
