@@ -137,7 +137,7 @@ def main():
         inference(args.models, args.batches, args.seconds)
     if "predict" in args.parts:
         for amp in ("fp32", "bf16"):
-            predict_end_to_end("convnext_tiny", args.n, 1024, 1, amp)
+            predict_end_to_end("convnext_tiny", args.n, 256, 1, amp)
 
 
 if __name__ == "__main__":

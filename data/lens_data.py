@@ -44,7 +44,7 @@ class LensDataError(ValueError):
 # --------------------------------------------------------------------------- the index
 def _scan(root):
     """Files under root: [(path relative to root, size, mtime_ns)], sorted."""
-    out, stack = [], [root]
+    out, stack, cut = [], [root], len(root.rstrip(os.sep)) + 1
     while stack:
         folder = stack.pop()
         with os.scandir(folder) as it:
@@ -53,8 +53,13 @@ def _scan(root):
                     stack.append(entry.path)
                 elif entry.name.endswith((".fits", ".fits.gz", ".npy")):
                     st = entry.stat()
-                    out.append((os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns))
+                    out.append((entry.path[cut:], st.st_size, st.st_mtime_ns))
     return sorted(out)
+
+
+def scan_sources(sources) -> dict:
+    """{root: listing} of the folder sources (one pass over the file system, shared by the key and the index)."""
+    return {root: _scan(root) for root, label in sources if label is not None and os.path.isdir(root)}
 
 
 def sources_of(data=None, pos_roots=(), neg_roots=()):
@@ -82,20 +87,21 @@ def sources_of(data=None, pos_roots=(), neg_roots=()):
     return [(os.path.abspath(r), lab) for r, lab in expanded]
 
 
-def listing_key(sources) -> str:
+def listing_key(sources, listings=None) -> str:
     """Hash of the roots and their files' names, sizes and mtimes."""
+    listings = scan_sources(sources) if listings is None else listings
     h = hashlib.sha1()
     for root, label in sources:
         h.update(json.dumps([root, label]).encode())
         if os.path.isdir(root):
-            h.update(json.dumps(_scan(root)).encode())
+            h.update(json.dumps(listings[root]).encode())
         else:
             st = os.stat(root)
             h.update(f"{st.st_size} {st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
-def build_index(sources, key, bands=None, skip_bad=False, index_cache=None):
+def build_index(sources, key, bands=None, skip_bad=False, index_cache=None, listings=None):
     """{"objects": [[label, is_test, id, [files]]], "bands": [...], "bad": [...]} for folder
     sources (HDF5 sources are read whole); reused from `index_cache` when its key matches."""
     if index_cache and os.path.isfile(index_cache):
@@ -111,7 +117,7 @@ def build_index(sources, key, bands=None, skip_bad=False, index_cache=None):
         if lab is None:
             continue
         label, is_test = lab
-        files = [f for f, _, _ in _scan(root)]
+        files = [f for f, _, _ in (listings[root] if listings else _scan(root))]
         npy = [f for f in files if f.endswith(".npy")]
         groups = {}
         for f in files:
@@ -173,6 +179,8 @@ def read_object(files):
 
 
 def _read_chunk(job):
+    """(images of a chunk: one stacked array when all are readable and alike, else a list with
+    None for the bad ones, bad messages); one array pickles far faster between processes."""
     files_list, skip_bad = job
     images, bad = [], []
     for files in files_list:
@@ -183,40 +191,61 @@ def _read_chunk(job):
                 raise
             bad.append(str(err))
             images.append(None)
+    if images and not bad and len({im.shape for im in images}) == 1:
+        return np.stack(images), bad
     return images, bad
 
 
 def read_pixels(index, num_workers=0, skip_bad=False, progress=True, chunk=256):
-    """(images (N, C, H, W) float32 with NaN/Inf set to 0, kept mask (N,), bad list, n non-finite pixels)."""
+    """(images (N, C, H, W) float32 with NaN/Inf set to 0, kept mask (N,), bad list, n non-finite
+    pixels, n objects with any); the rows are filled in place as chunks arrive."""
     objects = index["objects"]
     jobs = [([o[3] for o in objects[i:i + chunk]], skip_bad) for i in range(0, len(objects), chunk)]
-    images, bad = [None] * len(objects), list(index["bad"])
+    packed, kept, bad = None, np.zeros(len(objects), bool), list(index["bad"])
+    n_pixels = n_objects = 0
     bar = tqdm(total=len(objects), desc="ingest", unit="obj", disable=not progress, leave=False)
     pool = get_context("spawn").Pool(num_workers) if num_workers > 1 else None
     try:
         results = pool.imap(_read_chunk, jobs) if pool else map(_read_chunk, jobs)
         for j, (chunk_images, chunk_bad) in enumerate(results):
-            images[j * chunk:j * chunk + len(chunk_images)] = chunk_images
             bad += chunk_bad
+            if isinstance(chunk_images, np.ndarray):  # the usual case: a whole chunk at once
+                if packed is None:
+                    packed = np.empty((len(objects),) + chunk_images.shape[1:], np.float32)
+                if chunk_images.shape[1:] == packed.shape[1:]:
+                    finite = np.isfinite(chunk_images)
+                    if not finite.all():
+                        n_pixels += int(finite.size - finite.sum())
+                        n_objects += int((~finite).any(axis=(1, 2, 3)).sum())
+                        chunk_images = np.where(finite, chunk_images, np.float32(0))
+                    packed[j * chunk:j * chunk + len(chunk_images)] = chunk_images
+                    kept[j * chunk:j * chunk + len(chunk_images)] = True
+                    bar.update(len(chunk_images))
+                    continue
+                chunk_images = list(chunk_images)  # another shape: reported below, object by object
+            for i, image in enumerate(chunk_images, start=j * chunk):
+                if image is None:
+                    continue
+                if packed is None:
+                    packed = np.empty((len(objects),) + image.shape, np.float32)
+                elif image.shape != packed.shape[1:]:
+                    raise LensDataError(f"{objects[i][3][0]}: image of shape {image.shape}, other objects have "
+                                        f"{packed.shape[1:]} (images of mixed shapes)")
+                finite = np.isfinite(image)
+                if not finite.all():
+                    n_pixels += int(image.size - finite.sum())
+                    n_objects += 1
+                    image = np.where(finite, image, np.float32(0))
+                packed[i] = image
+                kept[i] = True
             bar.update(len(chunk_images))
     finally:
         bar.close()
         if pool:
             pool.terminate()
-    kept = np.array([im is not None for im in images], bool)
-    shapes = {im.shape for im in images if im is not None}
-    if len(shapes) > 1:
-        first = next(im.shape for im in images if im is not None)
-        odd = next(i for i, im in enumerate(images) if im is not None and im.shape != first)
-        raise LensDataError(f"{objects[odd][3][0]}: image of shape {images[odd].shape}, other objects have {first} "
-                            "(images of mixed shapes)")
-    if not shapes:
+    if packed is None:
         raise LensDataError("no readable objects in the data")
-    packed = np.stack([im for im in images if im is not None])
-    finite = np.isfinite(packed)
-    n_bad_pixels = int(packed.size - finite.sum())
-    packed[~finite] = 0.0
-    return packed, kept, bad, n_bad_pixels, int((~finite).any(axis=(1, 2, 3)).sum())
+    return (packed if kept.all() else packed[kept]), kept, bad, n_pixels, n_objects
 
 
 def read_h5_source(path):
@@ -237,22 +266,22 @@ def read_h5_source(path):
 
 def params_for(objects, sources) -> dict:
     """Row-aligned true parameters of simulated objects ({name: (N,) float}, NaN where unknown)."""
-    tables = {}
-    for root in {os.path.dirname(r) for r, lab in sources if lab is not None}:
+    rows_of, columns = {}, {}  # file -> (table number, row); table number -> {name: column}
+    for root in sorted({os.path.dirname(r) for r, lab in sources if lab is not None}):
         for name in sorted(os.listdir(root)):
             if name.startswith("params") and name.endswith(".csv"):
                 t = read_params_csv(os.path.join(root, name))
-                for row, file in enumerate(t["file"]):
-                    tables[os.path.join(root, file)] = {k: v[row] for k, v in t.items() if v.ndim == 1
-                                                         and k not in ("file", "class")}
-    if not tables:
+                columns[len(columns)] = {k: v for k, v in t.items() if v.ndim == 1 and k not in ("file", "class")}
+                rows_of.update({os.path.join(root, f): (len(columns) - 1, r) for r, f in enumerate(t["file"])})
+    if not rows_of:
         return {}
-    names = sorted({k for row in tables.values() for k in row})
+    names = sorted({k for table in columns.values() for k in table})
     out = {k: np.full(len(objects), np.nan) for k in names}
-    for i, obj in enumerate(objects):
-        row = tables.get(obj[3][0])
-        for k, v in (row or {}).items():
-            out[k][i] = v
+    where = np.array([rows_of.get(obj[3][0], (-1, -1)) for obj in objects])  # (N, 2)
+    for number, table in columns.items():
+        sel = np.flatnonzero(where[:, 0] == number)
+        for k, column in table.items():
+            out[k][sel] = column[where[sel, 1]]
     return out
 
 
@@ -263,8 +292,9 @@ def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, 
     arrays = {"images": [], "labels": [], "is_test": [], "ids": [], "files": []}
     params, report = [], {"bad": [], "nonfinite_pixels": 0, "nonfinite_objects": 0, "bands": None}
     if folder_sources:
-        key = listing_key(folder_sources)
-        index = build_index(folder_sources, key, bands, skip_bad, index_cache)
+        listings = scan_sources(folder_sources)
+        key = listing_key(folder_sources, listings)
+        index = build_index(folder_sources, key, bands, skip_bad, index_cache, listings)
         images, kept, bad, n_pix, n_obj = read_pixels(index, num_workers, skip_bad, progress)
         objects = [o for o, k in zip(index["objects"], kept) if k]
         arrays["images"].append(images)
@@ -287,7 +317,7 @@ def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, 
     shapes = {a.shape[1:] for a in arrays["images"]}
     if len(shapes) > 1:
         raise LensDataError(f"sources with images of different shapes {sorted(shapes)} (images of mixed shapes)")
-    out = {k: np.concatenate(v) for k, v in arrays.items()}
+    out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in arrays.items()}  # no copy of one source
     for name in sorted({k for p in params for k in p}):  # parameters known for some sources only: NaN elsewhere
         out[f"params_{name}"] = np.concatenate([p.get(name, np.full(len(lab), np.nan))
                                                 for p, lab in zip(params, arrays["labels"])])

@@ -357,14 +357,23 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         summary["recall_vs_parameters"] = lens_eval.recall_vs_parameter_plot(tables, P("recall_vs_parameters.png"),
                                                                              colors=colors)
         summary["recall_vs_parameters"]["threshold"] = cut
+    kinds = arrays.get("params_kind")
+    if kinds is not None and np.isfinite(kinds[rows]).all():  # simulated: how hard is each kind of non-lens?
+        from physics.strong.scenes import KIND_CODES
+        summary["auc_vs_nonlens_kind"] = {
+            name: metrics.binary_metrics(y[(y == 1) | (kinds[rows] == code)], score[(y == 1) | (kinds[rows] == code)],
+                                         n_bootstrap=0)["auc"]
+            for name, code in KIND_CODES.items() if code and ((kinds[rows] == code) & (y == 0)).any()}
     _write_csv(P("predictions.csv"), ["id", "label", "score", "file"],
                [[i, int(t), f"{s:.6f}", f] for i, t, s, f in zip(ids, y, score, files)])
     if args.candidates:
         summary["candidates"] = write_candidates(ids, score, files, images, args.candidates, P, y)
+    by_kind = summary.get("auc_vs_nonlens_kind")
+    kinds_text = " | AUC vs " + ", ".join(f"{k} {v:.3f}" for k, v in by_kind.items()) if by_kind else ""
     summary["headline"] = (f"AUC {m['auc']:.4f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}] | AP "
                            f"{m['average_precision']:.4f} | TPR at FPR 1e-2 {m['tpr_at_fpr_1e-2']:.3f}, 1e-3 "
                            f"{m['tpr_at_fpr_1e-3']:.3f} | TPR0 {m['tpr0']:.3f} TPR10 {m['tpr10']:.3f} "
-                           f"({m['n_pos']} lenses, {m['n_neg']} non-lenses)")
+                           f"({m['n_pos']} lenses, {m['n_neg']} non-lenses){kinds_text}")
     summary["out_dir"] = out_dir
     return summary
 

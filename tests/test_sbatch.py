@@ -151,3 +151,5 @@ def test_lens_pipeline_runs_locally(tmp_path):
         summary = json.load(f)
     assert summary["rows"] == "test split" and summary["candidates"]["n"] == min(8, summary["metrics"]["n"])
     assert (evaluation / "candidates.png").stat().st_size > 1000
+    assert set(summary["auc_vs_nonlens_kind"]) <= {"isolated", "ring", "spiral", "merger", "pair"}  # simulated kinds
+    assert "recall_vs_parameters" in summary  # against the simulator's true parameters
