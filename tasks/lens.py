@@ -124,6 +124,7 @@ def load_train_data(args, info) -> TrainData:
               f"to 0: {report['nonfinite_pixels']} in {report['nonfinite_objects']} objects; skipped "
               f"{len(report['bad'])}", flush=True)
     if len(np.unique(labels)) < 2:
+        arrays.remove()  # every rank gets here: the node's copy goes before the error
         raise TaskError(f"the data holds only {CLASS_NAMES[int(labels[0])]} objects; lens finding needs both classes")
     meta = {"unit": "objects", "shape": tuple(arrays["images"].shape[1:]), "bands": report["bands"],
             "run_files": _report_text(report)}
