@@ -26,7 +26,6 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data import augment  # noqa: E402
 from data.cache import SharedArrays  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
 from models import create_model  # noqa: E402

@@ -56,6 +56,51 @@ def load_run(path: str, task: str | None = None, which: str = "best"):
     return ckpt, model, ckpt_path
 
 
+class ShapeError(ValueError):
+    """Images of another shape than a run was trained on."""
+
+
+def inference_precision(amp: str, device) -> str:
+    """auto: bf16 where the hardware computes it fast (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fast = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return "bf16" if fast else "fp32"
+
+
+@torch.no_grad()
+def tta_outputs(model, stats, images, tta: int, batch_size: int, device, amp: str = "fp32", key: str = "logit",
+                progress: bool = False, desc: str = "predict") -> np.ndarray:
+    """out[key] of an image model averaged over the test-time symmetries (`data.augment.tta_transforms`)
+    for (N, C, H, W) raw images: (N,) for a binary "logit", (N, K) for "logits" / "log_probs".
+
+    The run's per-image normalisation (stats["norm"]) runs in float32 as in training; with amp
+    bf16 the network's weights and activations are bfloat16; channels-last either way (the fast
+    layout for oneDNN and cuDNN)."""
+    import copy
+
+    from data import augment
+    if tuple(images.shape[1:]) != tuple(stats["shape"]):
+        raise ShapeError(f"images of shape {tuple(images.shape[1:])}, the run was trained on {tuple(stats['shape'])}")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[amp]
+    net = copy.deepcopy(model).to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+    ks = augment.tta_transforms(tta)
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
+                  disable=not progress or len(images) <= batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], np.float32)).to(device)
+        x = augment.normalize(x, stats["norm"])
+        total = 0
+        for k in ks:
+            total = total + net(augment.d4(x, k).to(dtype).contiguous(memory_format=torch.channels_last))[key].double()
+        out.append((total / len(ks)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 @torch.no_grad()
 def predict_log_probs(model, features, stats: dict, batch_size: int = 256, device="cpu", progress: bool = False,
                       desc: str = "predict") -> np.ndarray:

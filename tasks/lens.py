@@ -8,7 +8,6 @@ validation ROC AUC; the test split (or the DeepLense test folders) is never used
 """
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from data import augment, lens_data
 from data.cache import SharedArrays
+from engine.inference import ShapeError, inference_precision, tta_outputs
 from models import create_model
 from models.timm_classifier import BackboneError, check_backbone, native_input_size
 from tasks import TaskError, TrainData, stratified_split
@@ -206,48 +205,11 @@ def checkpoint_extras(data, stats, args) -> dict:
 
 
 # --------------------------------------------------------------------------- scoring (predict, evaluate)
-def inference_precision(amp: str, device) -> str:
-    """auto: bf16 where the hardware computes it fast (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
-    if amp != "auto":
-        return amp
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    fast = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16" if fast else "fp32"
-
-
-@torch.no_grad()
-def member_logits(model, stats, images, tta: int, batch_size: int, device, amp: str = "fp32",
-                  progress: bool = False, desc: str = "predict") -> np.ndarray:
-    """Mean logit over the test-time symmetries for (N, C, H, W) raw images, one member.
-
-    Normalisation runs in float32 as in training; with amp bf16 the network's weights and
-    activations are bfloat16 (channels-last either way: the fast layout for oneDNN and cuDNN)."""
-    if tuple(images.shape[1:]) != tuple(stats["shape"]):
-        raise TaskError(f"images of shape {tuple(images.shape[1:])}, the run was trained on {tuple(stats['shape'])}")
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[amp]
-    net = copy.deepcopy(model).to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
-    out = np.zeros(len(images), np.float64)
-    ks = augment.tta_transforms(tta)
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False,
-                  disable=not progress or len(images) <= batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], np.float32)).to(device)
-        x = augment.normalize(x, stats["norm"])
-        total = torch.zeros(len(x), dtype=torch.float64)
-        for k in ks:
-            z = net(augment.d4(x, k).to(dtype).contiguous(memory_format=torch.channels_last))["logit"]
-            total += z.double().cpu()
-        out[i:i + len(x)] = (total / len(ks)).numpy()
-    return out
-
-
 def ensemble_scores(runs, images, args, progress=True):
     """(score = sigmoid(mean member logit), std of member logits, member logits (M, N))."""
     amp = inference_precision(args.amp, args.device)
-    members = np.stack([member_logits(model, ckpt["stats"], images, args.tta, args.batch_size, args.device,
-                                      amp, progress, f"member {m + 1}/{len(runs)}")
+    members = np.stack([tta_outputs(model, ckpt["stats"], images, args.tta, args.batch_size, args.device,
+                                    amp, "logit", progress, f"member {m + 1}/{len(runs)}")
                         for m, (ckpt, model, _) in enumerate(runs)])
     mean = members.mean(0)
     return 1 / (1 + np.exp(-mean)), members.std(0), members
@@ -277,7 +239,10 @@ def predict(runs, args):
         if (ckpt["stats"]["bands"] or None) != bands:
             raise TaskError(f"{path}: trained on bands {ckpt['stats']['bands']}, the first member on {bands}")
     arrays, report = _load(args.input, bands, args, labelled=False)
-    score, spread, _ = ensemble_scores(runs, arrays["images"], args, not args.no_progress)
+    try:
+        score, spread, _ = ensemble_scores(runs, arrays["images"], args, not args.no_progress)
+    except ShapeError as err:
+        raise TaskError(str(err)) from None
     header = ["id", "pred"] + (["logit_std", "file"] if args.extra_columns else [])
     rows = [[i, f"{s:.6f}"] + ([f"{d:.4f}", f] if args.extra_columns else [])
             for i, s, d, f in zip(arrays["ids"], score, spread, arrays["files"])]
@@ -326,7 +291,10 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}, {ckpt['model_kwargs']['backbone']}) on {what}: "
           f"{len(y)} objects, {int(y.sum())} lenses; TTA x{args.tta}, "
           f"{inference_precision(args.amp, args.device)}", flush=True)
-    score = ensemble_scores([(ckpt, model, ckpt_path)], images, args, not args.no_progress)[0]
+    try:
+        score = ensemble_scores([(ckpt, model, ckpt_path)], images, args, not args.no_progress)[0]
+    except ShapeError as err:
+        raise TaskError(str(err)) from None
     P = lambda name: os.path.join(out_dir, name)  # noqa: E731
     colors = lens_eval.palette(args.colorblind_safe)
     m = metrics.binary_metrics(y, score, n_bootstrap=args.n_bootstrap, seed=args.seed)
