@@ -19,13 +19,11 @@ spread of the members' logits, with `--extra-columns`. Runs offline.
 """
 from __future__ import annotations
 
-import csv
-import os
 import sys
 
 import torch
 
-from engine.checkpoint import CheckpointError
+from engine.checkpoint import CheckpointError, write_csv
 from engine.cli import OneLineErrorParser
 from engine.inference import load_run
 from tasks import TASKS, TaskError, get_task
@@ -69,14 +67,7 @@ def main(args):
     if tasks[0] not in TASKS:
         raise PredictError(f"{runs[0][2]}: a run of unknown task {tasks[0]!r}")
     header, rows, n_skipped = get_task(tasks[0]).predict(runs, args)
-    # written whole at the end, under a temporary name: a failed run leaves no partial CSV
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, args.output)
+    write_csv(args.output, header, rows)  # whole, at the end: a failed run leaves no partial CSV
     print(f"wrote {len(rows)} predictions from {len(runs)} run(s) to {args.output}"
           + (f"; {n_skipped} file(s) skipped" if n_skipped else ""), flush=True)
     return 0

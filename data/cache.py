@@ -22,14 +22,15 @@ def default_cache_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
-def cache_key(path, config: dict) -> str:
-    """Name of a cache entry: the source file's identity (path, size, mtime), the build config and
-    the job (torchrun's run id, else SLURM's job id, else the process), so concurrent jobs on one
-    node never delete each other's cache."""
-    st = os.stat(path)
+def cache_key(path, config: dict, identity: str | None = None) -> str:
+    """Name of a cache entry: the source's identity (a file's path, size and mtime, or `identity`,
+    e.g. the hash of a folder listing), the build config and the job (torchrun's run id, else
+    SLURM's job id, else the process), so concurrent jobs on one node never delete each other's cache."""
+    if identity is None:
+        st = os.stat(path)
+        identity = {"path": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns}
     job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID") or str(os.getpid())
-    ident = json.dumps({"path": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime_ns,
-                        "config": config, "job": job}, sort_keys=True)
+    ident = json.dumps({"source": identity, "config": config, "job": job}, sort_keys=True)
     return "lensing_cache_" + hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 

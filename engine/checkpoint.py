@@ -25,6 +25,18 @@ def save_checkpoint(state: dict, path) -> None:
     os.replace(tmp, path)
 
 
+def write_csv(path, header, rows) -> None:
+    """A CSV written whole under a temporary name, then renamed: a failed run leaves no partial file."""
+    import csv
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path, task: str | None = None) -> dict:
     """Load a checkpoint written by train.py; checks it is complete and of the expected task."""
     try:

@@ -1,12 +1,14 @@
 """Finding runs and predicting with them: shared by evaluate.py and predict.py."""
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from data import augment
 from data.lightcurves import normalize
 from engine.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
 
@@ -81,9 +83,6 @@ def tta_outputs(model, stats, images, tta: int, batch_size: int, device, amp: st
     The run's per-image normalisation (stats["norm"]) runs in float32 as in training; with amp
     bf16 the network's weights and activations are bfloat16; channels-last either way (the fast
     layout for oneDNN and cuDNN)."""
-    import copy
-
-    from data import augment
     if tuple(images.shape[1:]) != tuple(stats["shape"]):
         raise ShapeError(f"images of shape {tuple(images.shape[1:])}, the run was trained on {tuple(stats['shape'])}")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[amp]

@@ -8,8 +8,6 @@ validation ROC AUC; the test split (or the DeepLense test folders) is never used
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
 import time
@@ -20,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data import augment, lens_data
-from data.cache import SharedArrays
+from data.cache import SharedArrays, cache_key
+from engine.checkpoint import write_csv
 from engine.inference import ShapeError, inference_precision, tta_outputs
 from models import create_model
 from models.timm_classifier import BackboneError, check_backbone, native_input_size
@@ -98,9 +97,7 @@ def _report_text(report) -> dict:
 
 def load_train_data(args, info) -> TrainData:
     sources = _sources(args)
-    key = lens_data.listing_key(sources)
-    job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID") or str(os.getpid())
-    cache = "lensing_cache_" + hashlib.sha1(json.dumps([key, args.bands, job]).encode()).hexdigest()[:16]
+    cache = cache_key(None, {"task": TASK, "bands": args.bands}, identity=lens_data.listing_key(sources))
 
     def build():
         start = time.perf_counter()
@@ -206,16 +203,18 @@ def checkpoint_extras(data, stats, args) -> dict:
 
 # --------------------------------------------------------------------------- scoring (predict, evaluate)
 def ensemble_scores(runs, images, args, progress=True):
-    """(score = sigmoid(mean member logit), std of member logits, member logits (M, N))."""
+    """(score = sigmoid(mean member logit), std of the member logits), both (N,)."""
     amp = inference_precision(args.amp, args.device)
     members = np.stack([tta_outputs(model, ckpt["stats"], images, args.tta, args.batch_size, args.device,
                                     amp, "logit", progress, f"member {m + 1}/{len(runs)}")
                         for m, (ckpt, model, _) in enumerate(runs)])
     mean = members.mean(0)
-    return 1 / (1 + np.exp(-mean)), members.std(0), members
+    return 1 / (1 + np.exp(-mean)), members.std(0)
 
 
 def _load(paths, bands, args, labelled):
+    """Arrays and report of files / folders given on the command line (unlabelled roots allowed
+    for prediction)."""
     try:
         sources = []
         for p in paths:
@@ -226,6 +225,13 @@ def _load(paths, bands, args, labelled):
                 sources.append((os.path.abspath(p), (-1, False)))  # unlabelled root
             else:
                 sources += lens_data.sources_of(p)
+    except lens_data.LensDataError as err:
+        raise TaskError(str(err)) from None
+    return _read(sources, bands, args)
+
+
+def _read(sources, bands, args):
+    try:
         return lens_data.load_all(sources, bands, args.skip_bad, getattr(args, "num_workers", 0),
                                   not args.no_progress)
     except lens_data.LensDataError as err:
@@ -240,7 +246,7 @@ def predict(runs, args):
             raise TaskError(f"{path}: trained on bands {ckpt['stats']['bands']}, the first member on {bands}")
     arrays, report = _load(args.input, bands, args, labelled=False)
     try:
-        score, spread, _ = ensemble_scores(runs, arrays["images"], args, not args.no_progress)
+        score, spread = ensemble_scores(runs, arrays["images"], args, not args.no_progress)
     except ShapeError as err:
         raise TaskError(str(err)) from None
     header = ["id", "pred"] + (["logit_std", "file"] if args.extra_columns else [])
@@ -280,7 +286,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         except FileNotFoundError as err:
             raise TaskError(f"{run_dir}: its training data is gone ({err.filename}); give --data") from None
         args.skip_bad = config.get("skip_bad", False)  # the same objects as in training, in the same order
-        arrays, report = _load_sources(sources, stats, args)
+        arrays, report = _read(sources, stats["bands"] or None, args)
         rows, what, stem = ckpt["split"]["test"].numpy(), "test split", "test"
         if len(rows) == 0:
             raise TaskError(f"{run_dir}: the run's test split is empty (trained with --test-fraction 0)")
@@ -333,7 +339,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
             name: metrics.binary_metrics(y[(y == 1) | (kinds[rows] == code)], score[(y == 1) | (kinds[rows] == code)],
                                          n_bootstrap=0)["auc"]
             for name, code in KIND_CODES.items() if code and ((kinds[rows] == code) & (y == 0)).any()}
-    _write_csv(P("predictions.csv"), ["id", "label", "score", "file"],
+    write_csv(P("predictions.csv"), ["id", "label", "score", "file"],
                [[i, int(t), f"{s:.6f}", f] for i, t, s, f in zip(ids, y, score, files)])
     if args.candidates:
         summary["candidates"] = write_candidates(ids, score, files, images, args.candidates, P, y)
@@ -356,19 +362,12 @@ def compare_columns(summary) -> dict:
             "tpr10": m["tpr10"]}
 
 
-def _load_sources(sources, stats, args):
-    try:
-        return lens_data.load_all(sources, stats["bands"] or None, args.skip_bad, 0, not args.no_progress)
-    except lens_data.LensDataError as err:
-        raise TaskError(str(err)) from None
-
-
 def write_candidates(ids, score, files, images, n, P, y=None) -> dict:
     """The ranked catalogue (rank, id, score, file) of the n best-scored objects and their grid,
     as searches hand candidates to visual graders."""
     from plots import lens_eval
     top = np.argsort(-score, kind="stable")[:n]
-    _write_csv(P("candidates.csv"), ["rank", "id", "score", "file"],
+    write_csv(P("candidates.csv"), ["rank", "id", "score", "file"],
                [[r + 1, ids[i], f"{score[i]:.6f}", files[i]] for r, i in enumerate(top)])
     lens_eval.image_grid(images[top], [f"#{r + 1} {ids[i]}\n{score[i]:.3f}" for r, i in enumerate(top)],
                          P("candidates.png"), title=f"top {len(top)} candidates")
@@ -376,13 +375,3 @@ def write_candidates(ids, score, files, images, n, P, y=None) -> dict:
     if y is not None:
         out["lenses_among_them"] = int(np.asarray(y)[top].sum())
     return out
-
-
-def _write_csv(path, header, rows):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
