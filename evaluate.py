@@ -51,7 +51,8 @@ def get_args_parser():
     which.add_argument("--run", help="a run directory or checkpoint file")
     which.add_argument("--compare", nargs="+", metavar="RUN_DIR",
                        help="one table of evaluated runs (model, parameters, training time, samples/s, metrics): "
-                            "<--out-dir or .>/comparison.csv and .md")
+                            "<--out-dir or .>/comparison.csv and .md, and the task's metric against training "
+                            "time (comparison_<metric>_vs_time.png); RUN_DIR may be a glob")
     p.add_argument("--output", default="results", help="folder holding run directories")
     p.add_argument("--data", nargs="+", default=None,
                    help="data to evaluate (default: the run's own data, test split); lens: FITS roots, "
@@ -108,7 +109,13 @@ def compare(args):
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     with open(os.path.join(out_dir, "comparison.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines) + f"\n(written to {out_dir}/comparison.csv and .md)", flush=True)
+    from plots.compare import metric_vs_time_plot
+    metrics = {get_task(r["task"]).COMPARE_METRIC for r in rows}
+    for metric in sorted(metrics):
+        metric_vs_time_plot([r for r in rows if metric in r], metric,
+                            os.path.join(out_dir, f"comparison_{metric}_vs_time.png"))
+    print("\n".join(lines) + f"\n(written to {out_dir}/comparison.csv and .md, "
+          + ", ".join(f"comparison_{m}_vs_time.png" for m in sorted(metrics)) + ")", flush=True)
     return 0
 
 

@@ -18,12 +18,16 @@ Strong-lensing images (physics in physics/strong, formats in data/lens_images.py
     # LSST challenge layout: DIR/lenses|nonlenses/D1_{L|N}IIIIIII_b.fits, grizy 41x41 at 0.2"
     python simulate.py --task lens --config lsst --n-lens 1000 --n-nonlens 1000 --format fits \
         --output data/lsst --preview 8
-    # DeepLense Model I substructure classes: DIR/no|sphere|vort/IIIIIII.npy, (1,150,150) float64
-    python simulate.py --task substructure --config deeplense-model1 --n-per-class 1000 --format npy \
+    # substructure classes like the public DeepLense Common Test I set (the default config,
+    # deeplense-common: flatter rings along x, Poisson counts; bench/bench_substructure_realism.py
+    # measures it against the public samples): DIR/no|sphere|vort/IIIIIII.npy, (1,150,150) float64
+    python simulate.py --task substructure --n-per-class 1000 --format npy --output data/common --num-workers 2
+    # the same layout from DeepLenseSim's Model I code as written (rounder rings at any angle)
+    python simulate.py --task substructure --config deeplense-model1 --n-per-class 1000 --format npy \\
         --output data/model1 --num-workers 2
     # super-resolution pairs DIR/LR, DIR/HR (75x75 at 0.1", 150x150 at 0.05"), or one packed file
     python simulate.py --task superres --n 1000 --format npy --output data/sr
-    python simulate.py --task substructure --n-per-class 10000 --format h5 --output data/model1.h5 \
+    python simulate.py --task substructure --n-per-class 10000 --format h5 --output data/common.h5 \\
         --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT --device cuda
 
 The output is identical for a given --seed whatever --num-workers or sharding (on one device,
@@ -53,7 +57,7 @@ from physics.microlensing.events import BLOCK_SIZE, PRESETS, EventConfig, EventS
 from physics.strong.scenes import CONFIGS
 
 TASKS = ("microlensing", "lens", "substructure", "superres")
-DEFAULT_CONFIG = {"lens": "lsst", "substructure": "deeplense-model1", "superres": "superres"}
+DEFAULT_CONFIG = {"lens": "lsst", "substructure": "deeplense-common", "superres": "superres"}
 
 
 def non_negative_int(text):
@@ -117,7 +121,7 @@ def get_args_parser():
     im = parser.add_argument_group("strong-lensing images (--task lens | substructure | superres)")
     im.add_argument("--config", choices=list(CONFIGS),
                     help="; ".join(f"{c.name}: {c.doc}" for c in CONFIGS.values())
-                    + " (default: lsst for lens, deeplense-model1 for substructure, superres for superres)")
+                    + " (default: " + ", ".join(f"{c} for {t}" for t, c in DEFAULT_CONFIG.items()) + ")")
     im.add_argument("--n-lens", type=non_negative_int, default=100)
     im.add_argument("--n-nonlens", type=non_negative_int, default=100)
     im.add_argument("--n-per-class", type=non_negative_int, default=100, help="substructure: images per class")

@@ -230,6 +230,7 @@ def main(args):
                 **task.checkpoint_extras(data, stats, args)}
 
     stop = StopRequest().install()
+    terms = getattr(criterion, "term_names", ())  # loss terms logged separately (train_loss_<name>, val_loss_<name>)
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         order = np.asarray(split["train"])[list(sampler)]
@@ -252,7 +253,7 @@ def main(args):
                                                     args.batch_size, info, n_classes=n_classes, collect=True)
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                    "samples_per_s": float(sums[2]) / train_seconds, "partial_epoch": start_batch > 0,
-                   **summarize(sums, "train", class_names), **summarize(val_sums, "val", class_names),
+                   **summarize(sums, "train", class_names, terms), **summarize(val_sums, "val", class_names, terms),
                    **{f"val_{k}": v for k, v in task.val_metrics(val_y, val_log_probs).items()}}
         start_batch = 0
         value = metrics[select]

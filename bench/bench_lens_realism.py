@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from data import lens_images  # noqa: E402
-from physics.strong.scenes import KIND_CODES  # noqa: E402
+from physics.strong.survey import KIND_CODES  # noqa: E402
 
 PIXEL = 0.2  # arcsec, lens-finding-64
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}

@@ -60,14 +60,15 @@ def _d4_tables(H: int, W: int) -> torch.Tensor:
 
 
 def random_geometry(x: torch.Tensor, symmetries: bool = True, max_shift: int = 0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, return_transforms: bool = False):
     """Each image under its own random D4 symmetry and shift of up to +-max_shift pixels per
     axis, as ONE gather of pixels (B index maps of H x W), so the cost does not grow with the
     number of transforms. Shifted-in edges are zeros (the mean of a standardised image), not
-    wrapped, so no flux comes in from the other side."""
+    wrapped, so no flux comes in from the other side. With `return_transforms`, also the
+    symmetry (B,) and the shift (B, 2) (rows, columns) of each image (see `transform_lens_params`)."""
     B, C, H, W = x.shape
     if not symmetries and max_shift <= 0:
-        return x
+        return (x, torch.zeros(B, dtype=torch.long), torch.zeros(B, 2, dtype=torch.long)) if return_transforms else x
     if symmetries and H != W:
         raise ValueError(f"the 8 symmetries of the square need square images, not {H}x{W}")
     ks = torch.randint(0, 8, (B,), generator=generator) if symmetries else torch.zeros(B, dtype=torch.long)
@@ -81,7 +82,29 @@ def random_geometry(x: torch.Tensor, symmetries: bool = True, max_shift: int = 0
     out = torch.gather(x.reshape(B, C, H * W), 2, index).view(B, C, H, W)
     if max_shift > 0:
         out = out * valid[:, None].to(device=x.device, dtype=x.dtype)
-    return out
+    return (out, ks, shifts) if return_transforms else out
+
+
+def transform_lens_params(params: torch.Tensor, ks: torch.Tensor, shifts: torch.Tensor,
+                          pixel_scale: float) -> torch.Tensor:
+    """Lens parameters (B, 7): theta_e, e1, e2, gamma1, gamma2, centre x, centre y (arcsec, the
+    simulator's frame: x along columns, y along rows) of images transformed by `d4(., k)` and then
+    shifted by (rows, columns) pixels, as `random_geometry` does. rot90 maps (x, y) to (y, -x), a
+    clockwise quarter turn, so the spin-2 (e1, e2) and (gamma1, gamma2) change sign; the
+    left-right flip maps x to -x and negates e2 and gamma2; theta_e is invariant."""
+    p = params.clone()
+    ks, shifts = ks.to(p.device), shifts.to(device=p.device, dtype=p.dtype)
+    for _ in range(3):  # rotations: k % 4 quarter turns, applied one by one to the rows that need them
+        turn = (ks % 4) > _
+        cx, cy = p[:, 5].clone(), p[:, 6].clone()
+        p[:, 5], p[:, 6] = torch.where(turn, cy, cx), torch.where(turn, -cx, cy)
+        p[:, 1:5] = torch.where(turn[:, None], -p[:, 1:5], p[:, 1:5])
+    flip = ks >= 4
+    for col in (2, 4, 5):
+        p[:, col] = torch.where(flip, -p[:, col], p[:, col])
+    p[:, 5] += shifts[:, 1] * pixel_scale
+    p[:, 6] += shifts[:, 0] * pixel_scale
+    return p
 
 
 def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -76,6 +76,9 @@ class SharedArrays:
     def __getitem__(self, name):
         return self.arrays[name]
 
+    def get(self, name, default=None):
+        return self.arrays.get(name, default)
+
     def remove(self) -> None:
         """Delete the node's copy once every rank is done with it."""
         self.arrays = {}

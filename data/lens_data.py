@@ -1,4 +1,4 @@
-"""Lens-finding data as they are found, ingested once into one packed array.
+"""Lensing image data (lens finding, substructure) as they are found, ingested once into one packed array.
 
 Sources (any mix; every one becomes objects of (C, H, W) float32 pixels and a label):
 - a root of one class (`--train-roots` lenses, `--train-roots-neg` non-lenses): LSST challenge
@@ -8,6 +8,13 @@ Sources (any mix; every one becomes objects of (C, H, W) float32 pixels and a la
   with its params.csv), or the DeepLense layout `train_lenses`, `train_nonlenses`,
   `test_lenses`, `test_nonlenses` (objects of the test folders are flagged `is_test`);
 - the simulator's packed HDF5 file (images, labels, params/<name>).
+
+Substructure (`class_folders=SUBSTRUCTURE_FOLDERS`): class folders `no` / `sphere` / `vort` (or
+`no_substructure` / `subhalo` / `vortex`), directly under the root or under `train/` and
+`val/` (or `test/`) split folders as the public Common Test I set unpacks; objects of `val/`
+and `test/` are flagged `is_test` (held out as given, never used for selection). A `.npy` may
+hold an object array `[image, m_axion]` (the axion-model files): it is unpickled with only
+numpy's array classes allowed, so a file cannot run code.
 
 Ingestion: the index (objects, their files and labels) comes from a listing of the roots; its
 key is the roots and every file's name, size and mtime, so a changed folder is never served
@@ -21,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 from multiprocessing import get_context
 
@@ -34,7 +42,10 @@ BAND_ORDER = "ugrizy"
 FITS_NAME = re.compile(r"^(?P<stem>.+)_(?P<band>[A-Za-z])\.fits(\.gz)?$")
 CLASS_FOLDERS = {"lenses": (1, False), "nonlenses": (0, False), "train_lenses": (1, False),
                  "train_nonlenses": (0, False), "test_lenses": (1, True), "test_nonlenses": (0, True)}
-INDEX_VERSION = 1
+SUBSTRUCTURE_FOLDERS = {"no": (0, False), "no_substructure": (0, False), "sphere": (1, False),
+                        "subhalo": (1, False), "vort": (2, False), "vortex": (2, False)}
+SPLIT_FOLDERS = {"train": False, "val": True, "test": True}  # is_test of a split folder's objects
+INDEX_VERSION = 2
 
 
 class LensDataError(ValueError):
@@ -62,8 +73,27 @@ def scan_sources(sources) -> dict:
     return {root: _scan(root) for root, label in sources if label is not None and os.path.isdir(root)}
 
 
-def sources_of(data=None, pos_roots=(), neg_roots=()):
-    """[(root, label or None for a folder of class folders / an HDF5 file)] from the options."""
+def _class_folders_of(root, class_folders):
+    """[(folder, (label, is_test))] of the class folders directly under root, or under its
+    split folders (train/, val/, test/)."""
+    found = [(os.path.join(root, d), lab) for d, lab in class_folders.items() if os.path.isdir(os.path.join(root, d))]
+    if found:
+        return found
+    for split, is_test in SPLIT_FOLDERS.items():
+        sub = os.path.join(root, split)
+        found += [(os.path.join(sub, d), (lab[0], lab[1] or is_test)) for d, lab in class_folders.items()
+                  if os.path.isdir(os.path.join(sub, d))]
+    return found
+
+
+def has_class_folders(root, class_folders=None) -> bool:
+    return bool(_class_folders_of(root, CLASS_FOLDERS if class_folders is None else class_folders))
+
+
+def sources_of(data=None, pos_roots=(), neg_roots=(), class_folders=None):
+    """[(root, (label, is_test)) or (path, None) for an HDF5 file] from the options; a folder in
+    `data` is a folder of class folders (`class_folders`, default the lens-finding ones)."""
+    class_folders = CLASS_FOLDERS if class_folders is None else class_folders
     sources = [(p, None) for p in ([data] if isinstance(data, str) else list(data or ()))]
     sources += [(p, 1) for p in pos_roots] + [(p, 0) for p in neg_roots]
     if not sources:
@@ -73,11 +103,12 @@ def sources_of(data=None, pos_roots=(), neg_roots=()):
         if not os.path.exists(root):
             raise LensDataError(f"{root}: no such file or folder")
         if label is None and os.path.isdir(root):
-            found = [d for d in CLASS_FOLDERS if os.path.isdir(os.path.join(root, d))]
+            found = _class_folders_of(root, class_folders)
             if not found:
-                raise LensDataError(f"{root}: no class folders ({', '.join(CLASS_FOLDERS)}); give a root of one "
-                                    "class with --train-roots / --train-roots-neg")
-            expanded += [(os.path.join(root, d), CLASS_FOLDERS[d]) for d in found]
+                raise LensDataError(f"{root}: no class folders ({', '.join(class_folders)}, directly or under "
+                                    f"{'/, '.join(SPLIT_FOLDERS)}/)" + ("; give a root of one class with "
+                                    "--train-roots / --train-roots-neg" if class_folders is CLASS_FOLDERS else ""))
+            expanded += found
         elif os.path.isdir(root):
             expanded.append((root, (label, False)))
         elif root.endswith((".h5", ".hdf5")):
@@ -126,10 +157,12 @@ def build_index(sources, key, bands=None, skip_bad=False, index_cache=None, list
                 groups.setdefault(os.path.join(os.path.dirname(f), m["stem"]), {})[m["band"]] = os.path.join(root, f)
         if not npy and not groups:
             raise LensDataError(f"{root}: no FITS cutouts (NAME_b.fits) or .npy images in this folder")
+        # "lenses/1", "val/no/1": DeepLense names repeat across class and split folders
+        prefix = os.path.basename(root)
+        if os.path.basename(os.path.dirname(root)) in SPLIT_FOLDERS:
+            prefix = os.path.join(os.path.basename(os.path.dirname(root)), prefix)
         for f in npy:
-            # "lenses/1": DeepLense names repeat across class folders
-            objects.append([label, is_test, os.path.join(os.path.basename(root), os.path.splitext(f)[0]),
-                            [os.path.join(root, f)]])
+            objects.append([label, is_test, os.path.join(prefix, os.path.splitext(f)[0]), [os.path.join(root, f)]])
         for stem in sorted(groups):
             found_bands.update(groups[stem])
         for stem, by_band in sorted(groups.items()):
@@ -159,13 +192,47 @@ def build_index(sources, key, bands=None, skip_bad=False, index_cache=None, list
 
 
 # --------------------------------------------------------------------------- pixels
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, scalars and dtypes, and refuses every other class (no code runs)."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array class")
+
+
+def load_npy(path):
+    """The image of one .npy file: a numeric array, or the first numeric array of an object
+    array such as DeepLense's axion files `[image, m_axion]` (unpickled safely)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+            if not dtype.hasobject:
+                f.seek(0)
+                return np.lib.format.read_array(f, allow_pickle=False)
+            items = _NumpyOnlyUnpickler(f).load()
+    except pickle.UnpicklingError as err:
+        raise LensDataError(f"{path}: an object .npy that is not [image, ...] numpy arrays ({err})") from None
+    except (OSError, ValueError, EOFError, AttributeError, TypeError) as err:
+        raise LensDataError(f"{path}: not a readable .npy image ({err})") from None
+    arrays = [a for a in np.asarray(items, dtype=object).ravel()
+              if isinstance(a, np.ndarray) and a.ndim >= 2 and np.issubdtype(a.dtype, np.number)]
+    if not arrays:
+        raise LensDataError(f"{path}: an object .npy without an image array")
+    return arrays[0]
+
+
 def read_object(files):
     """(C, H, W) float32 of one object's files (FITS bands or one .npy)."""
     if len(files) == 1 and files[0].endswith(".npy"):
-        try:
-            image = np.load(files[0], allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise LensDataError(f"{files[0]}: not a readable .npy image ({err})") from None
+        image = load_npy(files[0])
         if image.ndim == 2:
             image = image[None]
         if image.ndim != 3 or not np.issubdtype(image.dtype, np.number):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 import physics
 from data import lens_images
 from engine.workers import Interrupted, ordered_results
-from physics.strong import render, scenes
+from physics.strong import render, scenes, survey
 
 BLOCK_SIZE = 64           # images per random-number block (part of the output's definition)
 MAX_REDRAWS = 50          # rounds of the arc S/N cut before giving up
@@ -83,7 +83,7 @@ def run_block(job):
     if spec["min_arc_snr"] > 0 and cfg.task == "lens":
         for _ in range(MAX_REDRAWS):
             # lensed arcs and the non-lens look-alikes pass the same cut; plain galaxies have no feature
-            redo = (params["kind"] != scenes.KIND_CODES["isolated"]) & (params["arc_snr"] < spec["min_arc_snr"])
+            redo = (params["kind"] != survey.KIND_CODES["isolated"]) & (params["arc_snr"] < spec["min_arc_snr"])
             if not redo.any():
                 break
             rows = torch.nonzero(redo).flatten()

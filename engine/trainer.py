@@ -1,7 +1,9 @@
 """The generic loop: one epoch of training, one pass of evaluation, the LR schedule, AMP, signals.
 
 Batches come from a `fetch(indices) -> (x, y)` function of the task's data module, so this
-file knows nothing about light curves or images.
+file knows nothing about light curves or images. `y` is the (B,) class labels, or a dict of
+tensors holding them under "label" plus what else the task's loss needs (e.g. the simulator's
+true lens parameters for an auxiliary loss).
 """
 from __future__ import annotations
 
@@ -63,6 +65,18 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
     return factor
 
 
+def to_device(y, device):
+    """The batch's targets on `device`: a tensor, or a dict of tensors."""
+    if isinstance(y, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in y.items()}
+    return y.to(device, non_blocking=True)
+
+
+def labels_of(y):
+    """(B,) class labels of a batch's targets."""
+    return y["label"] if isinstance(y, dict) else y
+
+
 def rank_batches(indices, batch_size: int):
     """Consecutive batches of a rank's index list (the last one may be smaller, equal on all ranks)."""
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -77,19 +91,20 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fe
     counts reduced over ranks; batches_done < len(batches) when a stop was requested.
     """
     model.train()
-    sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64)
+    names = getattr(criterion, "term_names", ())  # loss terms logged separately (e.g. an auxiliary loss)
+    sums = torch.zeros(3 + 2 * n_classes + len(names), dtype=torch.float64)
     bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not (progress and info.is_main),
                leave=False, unit="batch")
     done = start_batch
     for b in range(start_batch, len(batches)):
         x, y = fetch(batches[b])
-        x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+        x, y = x.to(info.device, non_blocking=True), to_device(y, info.device)
         last_micro = (b + 1) % accumulation_steps == 0 or b + 1 == len(batches)
         sync = model.no_sync() if info.enabled and not last_micro else contextlib.nullcontext()
         with sync:
             with autocast():
                 out = model(x)
-                loss, _ = criterion(out, y)
+                loss, terms = criterion(out, y)
             scaler.scale(loss / accumulation_steps).backward()
         # one small all-reduce per step: every rank sees the same loss and the same stop request
         flags = torch.tensor([float(loss.detach()), float(stop.signum != 0)], device=info.device)
@@ -107,7 +122,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fe
             scheduler.step()
         with torch.no_grad():
             pred = out["log_probs"].argmax(-1)
-            sums += _counts(loss.detach() * len(y), pred, y, n_classes)
+            sums += _counts(loss.detach() * len(pred), pred, labels_of(y), n_classes, terms, names)
         done = b + 1
         bar.update(1)
         bar.set_postfix(loss=f"{flags[0].item() / info.world_size:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -130,17 +145,18 @@ def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: 
     """
     model.eval()
     mine = np.asarray(indices)[info.rank::info.world_size]
-    sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64)
+    names = getattr(criterion, "term_names", ())
+    sums = torch.zeros(3 + 2 * n_classes + len(names), dtype=torch.float64)
     ys, outs = [], []
     for idx in rank_batches(mine, batch_size):
         x, y = fetch(idx)
-        x, y = x.to(info.device), y.to(info.device)
+        x, y = x.to(info.device), to_device(y, info.device)
         with autocast():
             out = model(x)
-            loss, _ = criterion(out, y)
-        sums += _counts(loss * len(y), out["log_probs"].argmax(-1), y, n_classes)
+            loss, terms = criterion(out, y)
+        sums += _counts(loss * len(x), out["log_probs"].argmax(-1), labels_of(y), n_classes, terms, names)
         if collect:
-            ys.append(y.cpu().numpy())
+            ys.append(labels_of(y).cpu().numpy())
             outs.append(out["log_probs"].float().cpu().numpy())
     sums = all_reduce_sum(sums.to(info.device), info).cpu()
     if not collect:
@@ -155,19 +171,24 @@ def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: 
     return sums, (y_all, lp_all)
 
 
-def _counts(loss_sum, pred, y, n_classes):
+def _counts(loss_sum, pred, y, n_classes, terms=None, names=()):
     per_class_correct = torch.bincount(y[pred == y], minlength=n_classes).double().cpu()
     per_class_total = torch.bincount(y, minlength=n_classes).double().cpu()
     head = torch.tensor([float(loss_sum), float((pred == y).sum()), float(len(y))], dtype=torch.float64)
-    return torch.cat([head, per_class_correct, per_class_total])
+    # each named loss term times the batch size; a term the batch lacks counts 0
+    extra = torch.tensor([float(terms[k].detach()) * len(y) if terms and k in terms else 0.0 for k in names],
+                         dtype=torch.float64)
+    return torch.cat([head, per_class_correct, per_class_total, extra])
 
 
-def summarize(sums: torch.Tensor, prefix: str, class_names) -> dict:
-    """Loss, accuracy and per-class recall from reduced sums."""
+def summarize(sums: torch.Tensor, prefix: str, class_names, term_names=()) -> dict:
+    """Loss, accuracy, per-class recall and the criterion's named loss terms from reduced sums."""
     n_classes = len(class_names)
     loss_sum, correct, n = sums[:3].tolist()
-    per_correct, per_total = sums[3:3 + n_classes], sums[3 + n_classes:]
+    per_correct, per_total = sums[3:3 + n_classes], sums[3 + n_classes:3 + 2 * n_classes]
     out = {f"{prefix}_loss": loss_sum / max(n, 1), f"{prefix}_acc": correct / max(n, 1)}
+    for k, name in enumerate(term_names):
+        out[f"{prefix}_loss_{name}"] = float(sums[3 + 2 * n_classes + k]) / max(n, 1)
     for c, name in enumerate(class_names):
         out[f"{prefix}_recall_{name}"] = float(per_correct[c] / per_total[c]) if per_total[c] > 0 else float("nan")
     return out

@@ -2,8 +2,9 @@
 
 Families: `cnn_gru` (the thesis CNN-GRU, models/cnn_gru.py) and `patch_transformer` (a
 patched causal transformer, models/patch_transformer.py), both light-curve classifiers; `timm`
-(models/timm_classifier.py), image classifiers on any timm backbone. Every model returns a
-dict with "log_probs" (B, n_classes) and the logits its loss needs.
+(models/timm_classifier.py), image classifiers on any timm backbone; `lens_pinn`
+(models/lens_pinn.py), an image classifier that first fits a smooth lens and reconstructs
+the source. Every model returns a dict with "log_probs" (B, n_classes) and the logits its loss needs.
 """
 from __future__ import annotations
 
@@ -47,4 +48,4 @@ def _get(name):
 
 
 def _import_all():
-    from models import cnn_gru, patch_transformer, timm_classifier  # noqa: F401  (registration side effect)
+    from models import cnn_gru, lens_pinn, patch_transformer, timm_classifier  # noqa: F401  (registration side effect)

@@ -185,11 +185,13 @@ def image_grid(images, titles, png, ncols=8, title="") -> dict:
     return {"n_images": len(images), "n_rows": nrows, "n_cols": ncols}
 
 
-def recall_vs_parameter_plot(tables, png, colors=None) -> dict:
+def recall_vs_parameter_plot(tables, png, colors=None, ylabel="recall", title=None) -> dict:
     """One panel per true parameter: recall of the lenses per bin, from {axis label:
     engine.metrics.binned_recall(...)}, with Wilson 68% error bars and the number of lenses per
-    bin. A log x axis when the edges are positive and span more than a factor 20. Returns
-    {"parameters": [labels], "recall": {label: recall per bin}}."""
+    bin. A log x axis when the edges are positive and span more than a factor 20. (Substructure
+    shows accuracy the same way: binned_recall of "correct" with every image a positive, and
+    its own `ylabel` and panel `title`.) Returns {"parameters": [labels], "recall": {label:
+    recall per bin}}."""
     colors = _colors(colors)
     names = list(tables)
     out = {"parameters": names, "recall": {}}
@@ -217,8 +219,8 @@ def recall_vs_parameter_plot(tables, png, colors=None) -> dict:
                 ax.annotate(f"{count}", (x, r), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
         if log_x:
             ax.set_xscale("log")
-        ax.set(xlabel=name, ylabel="recall", ylim=(-0.05, 1.12),
-               title=f"score >= {table['threshold']:.3g} (68% Wilson, lenses per bin)")
+        ax.set(xlabel=name, ylabel=ylabel, ylim=(-0.05, 1.12),
+               title=title or f"score >= {table['threshold']:.3g} (68% Wilson, lenses per bin)")
         ax.title.set_fontsize(9)
     ml._save(fig, png)
     return out

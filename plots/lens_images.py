@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data import lens_images  # noqa: E402
-from physics.strong.scenes import KIND_CODES  # noqa: E402
+from physics.strong.survey import KIND_CODES  # noqa: E402
 
 KIND_NAMES = {v: k for k, v in KIND_CODES.items()}
 

@@ -3,7 +3,8 @@
 A task module (tasks/<task>.py) provides, as plain functions and constants:
 
     TASK, CLASS_NAMES, DEFAULTS (train.py option defaults), IDENTITY_KEYS (options a relaunch
-    must not change), SELECT_METRIC (validation metric of the best checkpoint, higher is better)
+    must not change), SELECT_METRIC (validation metric of the best checkpoint, higher is better),
+    COMPARE_METRIC (the compare_columns key evaluate.py --compare plots against training time)
 
     train.py:    add_train_args(parser), check_train_args(args), default_name(args),
                  data_identity(args) -> dict, load_train_data(args, info) -> TrainData,
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TASKS = ("microlensing", "lens")
+TASKS = ("microlensing", "lens", "substructure")
 
 
 class TaskError(Exception):

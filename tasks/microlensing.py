@@ -24,6 +24,7 @@ from tasks import TaskError, TrainData, stratified_split
 TASK = task_data.TASK
 CLASS_NAMES = task_data.CLASS_NAMES
 SELECT_METRIC = "val_acc"
+COMPARE_METRIC = "auroc_macro"  # evaluate.py --compare plots it against training time
 DEFAULTS = dict(model="patch_transformer", epochs=30, batch_size=64, lr=5e-4, weight_decay=1e-4,
                 warmup_epochs=1.0, val_fraction=0.1, test_fraction=0.1, dropout=0.1)
 IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",

@@ -153,3 +153,22 @@ def test_lens_pipeline_runs_locally(tmp_path):
     assert (evaluation / "candidates.png").stat().st_size > 1000
     assert set(summary["auc_vs_nonlens_kind"]) <= {"isolated", "ring", "spiral", "merger", "pair"}  # simulated kinds
     assert "recall_vs_parameters" in summary  # against the simulator's true parameters
+
+
+def test_substructure_pipeline_runs_locally(tmp_path):
+    """simulate (2 npy shards) -> train two models (the job array) -> evaluate each -> one comparison table."""
+    name = f"sub{os.getpid()}"
+    results = tmp_path / "results"
+    env = dict(os.environ, LOCAL="1", OUT=str(tmp_path / "sim"), RESULTS=str(results), NAME=name, N="8",
+               SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=sys.prefix, MODELS="resnet18 mobilenetv3_small_100",
+               TRAIN_ARGS="--epochs 1 --batch-size 8 --test-fraction 0.25 --device cpu --no-progress",
+               EVAL_ARGS="--no-progress --n-bootstrap 10 --tta 1")
+    r = subprocess.run(["bash", "sbatch/substructure_pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert sum(len(list((tmp_path / "sim" / c).glob("*.npy"))) for c in ("no", "sphere", "vort")) == 24
+    for model in ("resnet18", "mobilenetv3_small_100"):
+        summary = json.load(open(results / f"{name}_{model}" / "eval_test" / "evaluation_summary.json"))
+        assert summary["model"] == model and summary["rows"] == "test split"
+    table = (results / f"{name}_comparison" / "comparison.md").read_text()
+    assert f"{name}_resnet18" in table and f"{name}_mobilenetv3_small_100" in table and "macro_auc" in table

@@ -22,7 +22,7 @@ import torch
 from physics.strong import light, mass
 from physics.strong.instrument import (add_noise, convolve, convolve_separable, gaussian_psf_1d, moffat_psf,
                                        pixel_grid, pixelise)
-from physics.strong.scenes import survey_bands
+from physics.strong.survey import survey_bands
 
 
 def surface_brightness(x, y, s, unroll=False):
@@ -163,10 +163,14 @@ class Renderer:
         magnification = src.sum((1, 2, 3)).double().cpu()  # lensed flux in the stamp / source flux
         has_source = scene["src_flux"].abs().sum(1) > 0
         params["magnification"] = torch.where(has_source, magnification, math.nan)
-        if cfg.name == "deeplense-model1":
-            fwhm = torch.full((len(src), 1), cfg.psf_fwhm[0], dtype=torch.float64)
+        if cfg.task == "substructure":  # deeplense-model1, deeplense-common (Poisson counts: sky_counts)
+            fwhm = scene["psf_fwhm"][:, None] if "psf_fwhm" in scene \
+                else torch.full((len(src), 1), cfg.psf_fwhm[0], dtype=torch.float64)
             blurred = self.blur(src, scene, fwhm, cfg.pixel_scale, cfg.psf_fwhm)
-            images, snr = self._model1_noise(scene, blurred, generator, 1.0)
+            if "sky_counts" in scene:
+                images, snr = self._count_noise(scene, blurred, generator)
+            else:
+                images, snr = self._model1_noise(scene, blurred, generator, 1.0)
             params["arc_snr"] = snr
             params["psf_fwhm"] = fwhm[:, 0]
             return {"images": _scale(images, cfg.scaling)}
@@ -222,6 +226,20 @@ class Renderer:
         noisy = add_noise(electrons, 0.0, (sigma_bg ** 2)[:, None], generator)
         snr = _arc_snr(electrons[:, 0], electrons[:, 0].clamp(min=0) + sigma_bg[:, None, None] ** 2)
         return noisy, snr
+
+    def _count_noise(self, scene, img, generator):
+        """deeplense-common photometry for PSF-convolved images (B, 1, H, W): the lensed source's
+        brightest pixel holds peak_counts above a sky of sky_counts per pixel (B,), and every
+        pixel is a whole Poisson count, as in the public set (its min-max scaled pixels are
+        k / (max - min)). Returns the counts in float64 (scaled exactly) and the arc S/N."""
+        peak = scene["peak_counts"].to(img.device)[:, None, None, None]
+        source = (img / img.amax((1, 2, 3), keepdim=True)).double() * peak
+        sky = scene["sky_counts"].to(source)[:, None]  # (B, 1)
+        counts = torch.round(add_noise(source, sky, 0.0, generator) + sky[:, :, None, None]).clamp(min=0)
+        # float32 sums, as Model I's: the ray shooting differs in the last bit of ~1e-6 of the pixels with
+        # the thread count; the rounded counts and float32 sums hide that, float64 sums would not
+        snr = _arc_snr(source[:, 0].float(), (source[:, 0] + sky[:, :, None]).float())
+        return counts, snr
 
     def _render_superres(self, scene, params, generator):
         cfg, lr = self.cfg, self.cfg.lr

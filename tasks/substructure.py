@@ -1,0 +1,284 @@
+"""Dark-matter substructure: no substructure / subhalos ("sphere") / vortex, from single-band
+lensing images (DeepLense .npy class folders, the simulator's folders or HDF5).
+
+Data: `data.lens_data` with the substructure class folders (`no`/`no_substructure`,
+`sphere`/`subhalo`, `vort`/`vortex`; directly or under train/ and val/, val/ being held out as
+the test split, as given), packed once into the node's RAM cache like lens finding; float
+images stay float. The classes do not depend on orientation, so every image is drawn under one
+of the 8 symmetries of the square. Models: any timm backbone (3 outputs), or `lens_pinn`
+(models/lens_pinn.py: a smooth lens model fitted per image, the source reconstructed through the
+lens equation, the classifier shown both). Loss: cross-entropy weighted by inverse class
+frequency; optionally (lens_pinn on simulated data) an auxiliary loss on the true lens
+parameters, reported separately. The best checkpoint is chosen on validation macro AUC
+(one-vs-rest); the test split is never used for selection.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import augment, lens_data
+from engine.checkpoint import write_csv
+from engine.inference import inference_precision
+from models import create_model
+from tasks import TaskError, TrainData, images
+
+TASK = "substructure"
+CLASS_NAMES = ("no", "sphere", "vort")
+SELECT_METRIC = "val_macro_auc"
+COMPARE_METRIC = "macro_auc"  # evaluate.py --compare plots it against training time
+# seed 003's recipe: AdamW 1e-4, weight decay 1e-2, cosine; 20% validation
+DEFAULTS = dict(model="resnet18", epochs=20, batch_size=64, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
+                val_fraction=0.2, test_fraction=0.1, dropout=0.0)
+IDENTITY_KEYS = ("task", "model", "input_size", "norm", "data_key", "seed", "val_fraction", "test_fraction",
+                 "pinn_encoder", "pinn_classifier", "residual_field")
+PINN = "lens_pinn"
+PIXEL_SCALE = 0.05  # arcsec per pixel of the DeepLense / Model I images
+# the simulator's params columns of the PINN's smooth lens (models/lens_pinn.LENS_PARAM_NAMES)
+LENS_PARAM_COLUMNS = ("theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "lens_x", "lens_y")
+# evaluate.py: accuracy against the simulator's true parameters, where the data has them
+PARAMETER_BINS = (("subhalo_mass_max", "largest subhalo mass (M_sun)", "sphere", np.logspace(6, 10, 9)),
+                  ("m_axion_ev", "axion mass (eV)", "vort", np.logspace(-24, -22, 7)),
+                  ("vortex_half_length", "vortex half-length (arcsec)", "vort", np.logspace(np.log10(0.03), 0.5, 7)),
+                  ("theta_e", "Einstein radius (arcsec)", None, np.linspace(0.6, 2.2, 9)))
+
+
+# --------------------------------------------------------------------------- train.py
+def add_train_args(parser):
+    images.add_train_args(parser)
+    g = parser.add_argument_group("substructure (--task substructure; --model a timm name or lens_pinn)")
+    g.add_argument("--pinn-encoder", default="resnet18", help="lens_pinn: timm backbone predicting the lens")
+    g.add_argument("--pinn-classifier", default="resnet18", help="lens_pinn: timm backbone classifying")
+    g.add_argument("--no-residual-field", dest="residual_field", action="store_false",
+                   help="lens_pinn: the smooth lens only (no learned residual deflection field)")
+    g.add_argument("--lens-param-weight", type=float, default=0.0,
+                   help="lens_pinn: weight of the auxiliary loss on the simulator's true lens parameters "
+                        "(needs data with params; 0: off)")
+
+
+def _sources(args):
+    try:
+        sources = lens_data.sources_of(args.data, class_folders=lens_data.SUBSTRUCTURE_FOLDERS)
+    except lens_data.LensDataError as err:
+        raise TaskError(str(err)) from None
+    folders = [(r, lab) for r, lab in sources if lab is not None]
+    for parent in sorted({os.path.dirname(r) for r, _ in folders}):
+        present = {lab[0] for r, lab in folders if os.path.dirname(r) == parent}
+        missing = [c for c in range(len(CLASS_NAMES)) if c not in present]
+        if missing:
+            names = lambda c: " or ".join(d for d, lab in lens_data.SUBSTRUCTURE_FOLDERS.items() if lab[0] == c)  # noqa: E731
+            raise TaskError(f"{parent}: no class folder {'; no '.join(names(c) for c in missing)} (found "
+                            f"{', '.join(os.path.basename(r) for r, lab in folders if os.path.dirname(r) == parent)})")
+    return sources
+
+
+def check_train_args(args):
+    if args.data is None:
+        raise TaskError("--task substructure needs --data (a folder of no/sphere/vort class folders or an HDF5 file)")
+    if args.model == PINN:
+        for name in (args.pinn_encoder, args.pinn_classifier):
+            images.check_backbone_arg(name)
+    else:
+        images.check_backbone_arg(args.model)
+        if args.lens_param_weight:
+            raise TaskError("--lens-param-weight applies to --model lens_pinn only")
+    if args.bands:
+        raise TaskError("--bands: substructure images have one band")
+    args.bands = None
+
+
+def default_name(args) -> str:
+    stem = os.path.splitext(os.path.basename(os.path.normpath(args.data)))[0]
+    model = f"{PINN}_{args.pinn_encoder}" if args.model == PINN else args.model
+    return f"substructure_{model}_{stem}_s{args.seed}"
+
+
+def data_identity(args) -> dict:
+    sources = _sources(args)
+    return {"data_sources": [[r, lab] for r, lab in sources], "data_key": lens_data.listing_key(sources)}
+
+
+def load_train_data(args, info) -> TrainData:
+    data = images.ingest(_sources(args), args, info, TASK, CLASS_NAMES)
+    if args.model == PINN and args.lens_param_weight > 0:
+        columns = [data.arrays.get(f"params_{name}") for name in LENS_PARAM_COLUMNS]
+        if columns[0] is None:
+            data.remove()
+            raise TaskError(f"--lens-param-weight: {args.data} has no true lens parameters (params.csv or HDF5 "
+                            "params of the simulator)")
+        n = len(data.labels)  # a column the data lacks (e.g. the lens centre of Model I) is not fitted
+        data.meta["lens_params"] = np.stack([np.asarray(c, np.float32) if c is not None else np.full(n, np.nan, np.float32)
+                                             for c in columns], 1)  # (N, 7)
+    return data
+
+
+make_split = images.make_split
+
+
+def fit_stats(data, split, args, info):
+    # lens_pinn sees the image at its own size (its lens equation is on that pixel grid)
+    backbone = "resnet18" if args.model == PINN else args.model
+    return images.fit_stats(data, args, backbone) | {"pixel_scale": PIXEL_SCALE}
+
+
+def make_fetch(data, stats, args, device, train: bool):
+    lens_params = data.meta.get("lens_params")
+    if lens_params is None:
+        return images.make_fetch(data, stats, args, device, train)
+
+    def fetch(indices):  # the true lens parameters follow each image's symmetry and shift
+        idx = np.asarray(indices)
+        x = torch.from_numpy(images.gather(data.arrays["images"], idx)).to(device, non_blocking=True)
+        x = augment.normalize(x, stats["norm"])
+        p = torch.from_numpy(lens_params[idx]).to(device)
+        if train:
+            x, ks, shifts = augment.random_geometry(x, args.augment == "d4", args.max_shift, return_transforms=True)
+            p = augment.transform_lens_params(p, ks, shifts, stats["pixel_scale"])
+            x = augment.add_noise(x, args.noise)
+        return x, {"label": torch.from_numpy(data.labels[idx]), "lens_params": p}
+    return fetch
+
+
+def build_model(args, data, stats):
+    if args.model != PINN:
+        return images.timm_model(args, stats, n_outputs=len(CLASS_NAMES))
+    C, H, _ = stats["shape"]
+    kwargs = dict(in_chans=C, n_classes=len(CLASS_NAMES), image_size=H, pixel_scale=stats["pixel_scale"],
+                  encoder=args.pinn_encoder, classifier=args.pinn_classifier, residual_field=args.residual_field,
+                  drop_rate=args.dropout)
+    return create_model(PINN, **kwargs, pretrained_path=args.pretrained_path), PINN, kwargs
+
+
+class SubstructureLoss(nn.Module):
+    """Cross-entropy with class weights; for lens_pinn optionally + w * loss on the simulator's
+    true lens parameters (models.lens_pinn.lens_param_loss). Each term is returned for the logs.
+    (No self-consistency loss |image - relensed|^2: a lens that images every source pixel once
+    makes it zero without fitting anything.)"""
+
+    def __init__(self, class_weights, lens_param_weight=0.0):
+        super().__init__()
+        self.register_buffer("class_weights", torch.as_tensor(class_weights, dtype=torch.float32))
+        self.lens_param_weight = lens_param_weight
+        self.term_names = ("ce", "lens_params") if lens_param_weight else ()  # logged as *_loss_<name>
+
+    def forward(self, out, y):
+        label = y["label"] if isinstance(y, dict) else y
+        ce = F.cross_entropy(out["logits"].float(), label, weight=self.class_weights)
+        terms, loss = {"ce": ce}, ce
+        if self.lens_param_weight and isinstance(y, dict) and "lens_params" in y:
+            from models.lens_pinn import lens_param_loss
+            terms["lens_params"] = lens_param_loss(out["lens_params"].float(), y["lens_params"])
+            loss = loss + self.lens_param_weight * terms["lens_params"]
+        return loss, terms
+
+
+def make_criterion(data, split, args):
+    counts = np.bincount(data.labels[split["train"]], minlength=len(CLASS_NAMES)).astype(np.float64)
+    weights = counts.sum() / (len(CLASS_NAMES) * np.maximum(counts, 1)) if args.class_weights == "balanced" \
+        else np.ones(len(CLASS_NAMES))
+    return SubstructureLoss(weights, args.lens_param_weight if args.model == PINN else 0.0)
+
+
+def val_metrics(y, log_probs) -> dict:
+    from sklearn.metrics import roc_auc_score
+    probs = np.exp(log_probs - log_probs.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    per_class = {f"auc_{name}": (float(roc_auc_score(y == c, probs[:, c])) if 0 < (y == c).sum() < len(y)
+                                 else float("nan")) for c, name in enumerate(CLASS_NAMES)}
+    return {"macro_auc": float(np.mean(list(per_class.values())))} | per_class
+
+
+def checkpoint_extras(data, stats, args) -> dict:
+    return {}
+
+
+# --------------------------------------------------------------------------- scoring (predict, evaluate)
+def ensemble_probs(runs, pixels, args, progress=True):
+    """(probabilities (N, 3) = softmax of the mean member logits, std of the members' probabilities (N, 3))."""
+    members = images.member_outputs(runs, pixels, args, "logits", progress)  # (M, N, 3), TTA-averaged logits
+    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)  # noqa: E731
+    return softmax(members.mean(0)), softmax(members).std(0)
+
+
+def predict(runs, args):
+    """(header, rows, skipped): `id, p_no, p_sphere, p_vort, class` per image of the inputs."""
+    arrays, report = images.load_paths(args.input, None, args, labelled=False,
+                                       class_folders=lens_data.SUBSTRUCTURE_FOLDERS)
+    probs, spread = ensemble_probs(runs, arrays["images"], args, not args.no_progress)
+    header = ["id"] + [f"p_{c}" for c in CLASS_NAMES] + ["class"]
+    header += [f"std_{c}" for c in CLASS_NAMES] + ["file"] if args.extra_columns else []
+    rows = [[i] + [f"{v:.6f}" for v in p] + [CLASS_NAMES[int(p.argmax())]]
+            + ([f"{v:.4f}" for v in d] + [f] if args.extra_columns else [])
+            for i, p, d, f in zip(arrays["ids"], probs, spread, arrays["files"])]
+    return header, rows, images.report_skipped(report)
+
+
+# --------------------------------------------------------------------------- evaluate.py
+def add_evaluate_args(parser):
+    images.add_evaluate_args(parser)
+
+
+def evaluate(ckpt, model, ckpt_path, args) -> dict:
+    from engine import metrics
+    from plots import lens_eval
+    from plots import microlensing_eval as mc
+    run_dir = os.path.dirname(os.path.abspath(ckpt_path))
+    arrays, report, rows, what, stem = images.evaluation_data(ckpt, run_dir, args, lens_data.SUBSTRUCTURE_FOLDERS)
+    y, pixels = arrays["labels"][rows], arrays["images"][rows]
+    out_dir = args.out_dir or os.path.join(run_dir, f"eval_{stem}")
+    os.makedirs(out_dir, exist_ok=True)
+    name = ckpt["model_kwargs"].get("backbone", ckpt["model_name"])
+    print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}, {name}) on {what}: {len(y)} images ("
+          + ", ".join(f"{(y == c).sum()} {n}" for c, n in enumerate(CLASS_NAMES)) + f"); TTA x{args.tta}, "
+          f"{inference_precision(args.amp, args.device)}", flush=True)
+    probs = ensemble_probs([(ckpt, model, ckpt_path)], pixels, args, not args.no_progress)[0]
+    pred = probs.argmax(1)
+    P = lambda fname: os.path.join(out_dir, fname)  # noqa: E731
+    colors = mc.palette(args.colorblind_safe)
+    summary = {"run": run_dir, "checkpoint": ckpt_path, "epoch": int(ckpt["epoch"]), "rows": what, "model": name,
+               "tta": args.tta, "n_images": int(len(y)), "accuracy": float((pred == y).mean()),
+               "ingest": {k: v for k, v in report.items() if k != "bad"}}
+    summary["roc"] = mc.roc_plot(y, probs, CLASS_NAMES, P("roc_curves.png"), args.n_bootstrap, args.seed, colors)
+    summary["confusion"] = mc.confusion_matrix_plot(y, pred, CLASS_NAMES, P("confusion_matrix.png"), colors)
+    summary["calibration"] = mc.reliability_plot(y, probs, P("calibration.png"), colors=colors)
+    summary["per_class"] = mc.per_class_metrics_plot(y, pred, CLASS_NAMES, P("per_class_metrics.png"), colors)
+    ids, files = arrays["ids"][rows], arrays["files"][rows]
+    wrong = np.flatnonzero(pred != y)
+    worst = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:args.n_examples]
+    lens_eval.image_grid(pixels[worst], [f"{ids[i]}\n{CLASS_NAMES[y[i]]}->{CLASS_NAMES[pred[i]]} "
+                                                 f"{probs[i, pred[i]]:.2f}" for i in worst],
+                                 P("misclassified.png"), title=f"most confident mistakes ({len(worst)})")
+    tables = {}
+    for column, label, cls, bins in PARAMETER_BINS:
+        values = arrays.get(f"params_{column}")
+        sel = np.ones(len(y), bool) if cls is None else y == CLASS_NAMES.index(cls)
+        if values is not None and np.isfinite(values[rows][sel]).any():
+            # accuracy per bin = recall of "correct" with every image counted as a positive
+            tables[f"{label}{'' if cls is None else f' ({cls})'}"] = metrics.binned_recall(
+                np.ones(sel.sum(), int), (pred[sel] == y[sel]).astype(float), values[rows][sel], bins)
+    if tables:
+        summary["accuracy_vs_parameters"] = lens_eval.recall_vs_parameter_plot(
+            tables, P("accuracy_vs_parameters.png"), colors=colors, ylabel="accuracy",
+            title="accuracy per bin (68% Wilson, images per bin)")
+    write_csv(P("predictions.csv"), ["id", "label"] + [f"p_{c}" for c in CLASS_NAMES] + ["file"],
+              [[i, CLASS_NAMES[t]] + [f"{v:.6f}" for v in p] + [f] for i, t, p, f in zip(ids, y, probs, files)])
+    roc = summary["roc"]
+    lo, hi = roc["macro_auc_ci"]
+    summary["headline"] = (f"macro AUC {roc['macro_auc']:.4f} [{lo:.3f}, {hi:.3f}] | "
+                           + ", ".join(f"{c} {roc['auc'][c]:.4f}" for c in CLASS_NAMES)
+                           + f" | accuracy {summary['accuracy']:.4f} | ECE {summary['calibration']['ece']:.3f} "
+                           f"({len(y)} images)")
+    summary["out_dir"] = out_dir
+    return summary
+
+
+def compare_columns(summary) -> dict:
+    """What evaluate.py --compare shows of a run's evaluation."""
+    roc = summary["roc"]
+    return {"n_images": summary["n_images"], "macro_auc": roc["macro_auc"],
+            **{f"auc_{c}": roc["auc"][c] for c in CLASS_NAMES}, "accuracy": summary["accuracy"],
+            "ece": summary["calibration"]["ece"]}
