@@ -4,7 +4,7 @@ Layouts (N images, global index i = 0..N-1 in a seeded shuffled order, never gro
 - `fits` (LSST strong-lens challenge): DIR/lenses|nonlenses/D1_{L|N}{i:07d}_{b}.fits, one file
   per object and band; an empty primary HDU and a binary table whose row 0 holds `object_id`
   and `band_<b>` (H x W float32, flux at zero point MAGZERO = 27). X = 1 marks simulated data.
-- `npy`: DIR/<class folder>/{i:07d}.npy, (C, H, W) in the config's dtype (deeplense-model1:
+- `npy`: DIR/<class folder>/{i:07d}.npy, (C, H, W) in the config's dtype (deeplense-common and -model1:
   (1, 150, 150) float64 min-max scaled, like the public set); superres: DIR/HR/{i:07d}.npy and
   DIR/LR/{i:07d}.npy, same names for the same scene.
 - `h5`: one packed file: images (N, C, H, W) (superres: hr, lr), labels (N,), params/<name>
