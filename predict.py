@@ -9,13 +9,18 @@
     python predict.py --run-dirs runs/convnext_tiny runs/vit_small --test-root test_dataset/ \\
         --out-csv submission.csv --batch-size 512            # --tta 8: all eight flips/rotations
 
+    # substructure: id,p_no,p_sphere,p_vort,class for a folder of .npy images (or class folders, HDF5)
+    python predict.py --runs results/substructure_resnet18_common_s42 --input images/ --output sub.csv --tta 8
+
 A run is a run directory (its best.pt) or a checkpoint file; every member uses its own input
 size, normalisation (lens) or feature grid (microlensing); all members must be of one task.
 Microlensing: probabilities averaged over members, `id, p_flat, p_pspl, p_binary, class,
 window_start` (a curve longer than the training season is cut to the season-long window
 centred on its brightest point). Lens: logits averaged over test-time augmentations per
 member, then over members; `id, pred` with pred = sigmoid(mean logit), plus `logit_std`, the
-spread of the members' logits, with `--extra-columns`. Runs offline.
+spread of the members' logits, with `--extra-columns`. Substructure: logits averaged the same
+way, then softmax; `id, p_no, p_sphere, p_vort, class` (`--extra-columns`: the members' spread
+per class and the file). Runs offline.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ def get_args_parser():
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tta", type=int, choices=(1, 3, 8), default=3,
-                   help="lens: test-time augmentations (1 none, 3 identity + h/v flips, 8 all flips/rotations)")
+                   help="lens, substructure: test-time augmentations (1 none, 3 identity + h/v flips, 8 all flips/rotations)")
     p.add_argument("--amp", choices=("auto", "bf16", "fp32"), default="auto",
                    help="lens: inference precision (auto: bf16 on GPUs and CPUs with fast bf16, else fp32)")
     p.add_argument("--extra-columns", action="store_true", help="lens: also write logit_std and file")

@@ -16,6 +16,10 @@
     python train.py --task lens --mode train --model-name convnext_tiny --train-roots A B --train-roots-neg C D \
         --index-cache idx.pkl --val-split 0.2 --epochs 30 --batch-size 512 --num-workers 4 --cache-ratio 1
 
+    # substructure (--task substructure): DeepLense class folders no/sphere/vort, simulations or HDF5
+    python train.py --task substructure --data data/common --model resnet18 --epochs 30
+    python train.py --task substructure --data data/common --model lens_pinn --lens-param-weight 0.1
+
     # SLURM, many nodes: sbatch/train.sbatch (srun torchrun with c10d rendezvous); lens: sbatch/lens_pipeline.sh
 
 The run directory (<output>/<experiment-name>; the name is derived from the options when not
@@ -50,14 +54,16 @@ def get_args_parser():
     g = p.add_argument_group("data")
     g.add_argument("--task", default="microlensing", choices=TASKS)
     g.add_argument("--data", default=None, help="microlensing: simulator HDF5 file; lens: an image HDF5 file or a "
-                                                "folder with lenses/nonlenses class folders (FITS or .npy)")
+                                                "folder with lenses/nonlenses class folders (FITS or .npy); "
+                                                "substructure: a folder of no/sphere/vort class folders or HDF5")
     g.add_argument("--val-fraction", "--val-split", type=float, default=None, help="default per task: 0.1 (lens 0.2)")
     g.add_argument("--test-fraction", type=float, default=None,
                    help="held out; never used by training or selection (default 0.1)")
     g.add_argument("--cache-dir", default=None, help="node-local RAM folder for the data cache (default /dev/shm)")
     g = p.add_argument_group("model")
     g.add_argument("--model", "--model-name", default=None,
-                   help="microlensing: cnn_gru or patch_transformer (default); lens: any timm backbone (default resnet18)")
+                   help="microlensing: cnn_gru or patch_transformer (default); lens: any timm backbone (default "
+                        "resnet18); substructure: a timm backbone or lens_pinn")
     g.add_argument("--dropout", type=float, default=None, help="default per task: 0.1 (lens 0)")
     g = p.add_argument_group("optimisation (defaults per task: tasks/<task>.py DEFAULTS)")
     g.add_argument("--epochs", type=int, default=None)
