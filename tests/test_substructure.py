@@ -266,3 +266,31 @@ def test_deeplense_lens_finding_layout_is_imbalanced_and_tested_as_given(tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.load(open(tmp_path / "runs" / "dl" / "eval_test" / "evaluation_summary.json"))
     assert summary["metrics"]["n_pos"] == 1 and summary["metrics"]["n_neg"] == 20  # the test folders, as given
+
+
+def test_lens_pinn_trains_with_the_auxiliary_loss_logged_apart(runs, tmp_path):
+    """--model lens_pinn --lens-param-weight: the lens-parameter loss is logged apart from the
+    cross-entropy (train and val), the run evaluates and predicts like any other member."""
+    work, run = runs
+    r = run_script("train.py", "--task", "substructure", "--data", str(work / "sim"), "--model", "lens_pinn",
+                   "--lens-param-weight", "0.1", "--epochs", "1", "--batch-size", "8", "--test-fraction", "0.25",
+                   "--output", str(tmp_path), "--experiment-name", "pinn", "--cache-dir", str(tmp_path), *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    epoch = json.loads(open(tmp_path / "pinn" / "metrics.jsonl").readline())
+    for split in ("train", "val"):
+        ce, aux = epoch[f"{split}_loss_ce"], epoch[f"{split}_loss_lens_params"]
+        assert np.isfinite(ce) and np.isfinite(aux) and aux > 0
+        assert np.isclose(epoch[f"{split}_loss"], ce + 0.1 * aux, rtol=1e-4)
+    ckpt = torch.load(tmp_path / "pinn" / "best.pt", weights_only=True)
+    assert ckpt["model_name"] == "lens_pinn" and ckpt["model_kwargs"]["encoder"] == "resnet18"
+    # the same split as the timm runs (same data, seed and fractions): comparable test sets
+    timm_split = torch.load(run["resnet18"] / "best.pt", weights_only=True)["split"]
+    assert torch.equal(ckpt["split"]["test"], timm_split["test"])
+    out = tmp_path / "mixed.csv"
+    r = run_script("predict.py", "--runs", str(tmp_path / "pinn"), str(run["resnet18"]), "--input",
+                   str(work / "sim" / "no"), "--output", str(out), "--tta", "3", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list(csv.DictReader(open(out)))) == 12
+    r = run_script("train.py", "--task", "substructure", "--data", str(work / "sim"), "--model", "lens_pinn",
+                   "--pinn-encoder", "resnet_nope", "--output", str(tmp_path), *FAST)
+    assert "unknown backbone 'resnet_nope'" in one_error_line(r, "train.py")
