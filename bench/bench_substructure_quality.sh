@@ -2,6 +2,7 @@
 # Benchmark-scale substructure classification on simulations, as a user would run it (~45 min on
 # 2 CPU cores with the defaults; 150x150 training is the cost):
 #   bash bench/bench_substructure_quality.sh          # OUT=outputs/substructure_bench N=1500 per class
+#   (~70 min with PINN_AUX=1, the default: LensPINN once more with --lens-param-weight 0.1)
 # 1. one simulated set (deeplense-common, the default config), split once (val 20%, test 10%, seed 42);
 # 2. ResNet18, a ConvNeXt V2, an EfficientNet, a MobileNetV3 and LensPINN trained on that split at
 #    equal budget (the same images, EPOCHS epochs, batch 32, AdamW lr 1e-3 from scratch, D4 augmentation,
@@ -31,6 +32,11 @@ for model in $MODELS; do
     $PY evaluate.py --run "$OUT/results/sub_$model" --tta 8 --no-progress
     runs+=("$OUT/results/sub_$model")
 done
+if [[ ${PINN_AUX:-1} == 1 ]]; then  # LensPINN again, with the auxiliary loss on the simulator's true lens parameters
+    $PY train.py "${COMMON[@]}" --model lens_pinn --lens-param-weight 0.1 --experiment-name sub_lens_pinn_aux
+    $PY evaluate.py --run "$OUT/results/sub_lens_pinn_aux" --tta 8 --no-progress
+    runs+=("$OUT/results/sub_lens_pinn_aux")
+fi
 $PY evaluate.py --compare "${runs[@]}" --out-dir "$OUT"
 # the run with the best validation macro AUC (from its own metrics.jsonl, never the test split)
 best=$($PY - "${runs[@]}" <<'PYEOF'
