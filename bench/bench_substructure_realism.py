@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import os
 import sys
@@ -199,15 +198,16 @@ def image_statistics(images):
 
 # --------------------------------------------------------------------------- data
 def load_public(folder):
-    """(images (N, 150, 150) float64, ids ["no/1", ...]) of the .npy samples in the class folders."""
-    images, ids = [], []
-    for name in CLASSES:
-        for path in sorted(glob.glob(os.path.join(folder, name, "*.npy"))):
-            images.append(np.load(path).reshape(150, 150))
-            ids.append(f"{name}/{os.path.splitext(os.path.basename(path))[0]}")
-    if not images:
-        raise SystemExit(f"no samples under {folder}/{{{','.join(CLASSES)}}}")
-    return np.stack(images), ids
+    """(images (N, 150, 150) float64, ids ["no/1", ...]) of the .npy samples in the class folders,
+    read by the training reader (data.lens_data); the public values are k / (max - min), exact in float32."""
+    from data import lens_data
+    try:
+        arrays, _ = lens_data.load_all(lens_data.sources_of(folder, class_folders=lens_data.SUBSTRUCTURE_FOLDERS),
+                                       progress=False)
+    except lens_data.LensDataError as err:
+        raise SystemExit(f"no samples under {folder}: {err}") from None
+    order = np.lexsort((arrays["ids"],))
+    return arrays["images"][order, 0].astype(np.float64), [str(i) for i in arrays["ids"][order]]
 
 
 def simulate(config, n_per_class, seed, batch=64):

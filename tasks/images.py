@@ -132,20 +132,23 @@ def gather(images, indices) -> np.ndarray:
 
 
 def batch_images(data, stats, args, device, train: bool, indices):
-    """(B, C, H, W) normalised (and, when training, augmented) images on the device."""
+    """((B, C, H, W) normalised (and, when training, augmented) images on the device, the
+    symmetry (B,) and shift (B, 2) each image got (zeros when not training))."""
     x = torch.from_numpy(gather(data.arrays["images"], indices)).to(device, non_blocking=True)
     x = augment.normalize(x, stats["norm"])
+    symmetries, max_shift = (args.augment == "d4", args.max_shift) if train else (False, 0)
+    x, ks, shifts = augment.random_geometry(x, symmetries, max_shift, return_transforms=True)
     if train:
-        x = augment.random_geometry(x, args.augment == "d4", args.max_shift)
         x = augment.add_noise(x, args.noise)
-    return x
+    return x, ks, shifts
 
 
 def make_fetch(data, stats, args, device, train: bool):
     labels = data.labels
 
     def fetch(indices):
-        return batch_images(data, stats, args, device, train, indices), torch.from_numpy(labels[np.asarray(indices)])
+        x = batch_images(data, stats, args, device, train, indices)[0]
+        return x, torch.from_numpy(labels[np.asarray(indices)])
     return fetch
 
 

@@ -132,13 +132,9 @@ def make_fetch(data, stats, args, device, train: bool):
 
     def fetch(indices):  # the true lens parameters follow each image's symmetry and shift
         idx = np.asarray(indices)
-        x = torch.from_numpy(images.gather(data.arrays["images"], idx)).to(device, non_blocking=True)
-        x = augment.normalize(x, stats["norm"])
-        p = torch.from_numpy(lens_params[idx]).to(device)
-        if train:
-            x, ks, shifts = augment.random_geometry(x, args.augment == "d4", args.max_shift, return_transforms=True)
-            p = augment.transform_lens_params(p, ks, shifts, stats["pixel_scale"])
-            x = augment.add_noise(x, args.noise)
+        x, ks, shifts = images.batch_images(data, stats, args, device, train, idx)
+        p = augment.transform_lens_params(torch.from_numpy(lens_params[idx]).to(device), ks, shifts,
+                                          stats["pixel_scale"])
         return x, {"label": torch.from_numpy(data.labels[idx]), "lens_params": p}
     return fetch
 
@@ -184,9 +180,9 @@ def make_criterion(data, split, args):
 
 
 def val_metrics(y, log_probs) -> dict:
+    from scipy.special import softmax
     from sklearn.metrics import roc_auc_score
-    probs = np.exp(log_probs - log_probs.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = softmax(log_probs, axis=1)
     per_class = {f"auc_{name}": (float(roc_auc_score(y == c, probs[:, c])) if 0 < (y == c).sum() < len(y)
                                  else float("nan")) for c, name in enumerate(CLASS_NAMES)}
     return {"macro_auc": float(np.mean(list(per_class.values())))} | per_class
@@ -199,9 +195,9 @@ def checkpoint_extras(data, stats, args) -> dict:
 # --------------------------------------------------------------------------- scoring (predict, evaluate)
 def ensemble_probs(runs, pixels, args, progress=True):
     """(probabilities (N, 3) = softmax of the mean member logits, std of the members' probabilities (N, 3))."""
+    from scipy.special import softmax
     members = images.member_outputs(runs, pixels, args, "logits", progress)  # (M, N, 3), TTA-averaged logits
-    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)  # noqa: E731
-    return softmax(members.mean(0)), softmax(members).std(0)
+    return softmax(members.mean(0), axis=-1), softmax(members, axis=-1).std(0)
 
 
 def predict(runs, args):

@@ -4,7 +4,6 @@ backbones with three classes, lens parameters under the augmentation's symmetrie
 import csv
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -77,7 +76,6 @@ def test_object_arrays_are_unpickled_without_running_code(tmp_path):
         np.lib.format.write_array(f, obj, allow_pickle=True)
     with pytest.raises(lens_data.LensDataError, match="posix.system is not a numpy array class|system is not a numpy"):
         lens_data.read_object([str(path)])
-    assert pickle.loads(pickle.dumps(1)) == 1  # (pickle itself untouched)
 
 
 @pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="../shared/samples not present")
@@ -192,7 +190,7 @@ def test_train_evaluate_predict_compare(runs, tmp_path):
     work, run = runs
     ckpt = torch.load(run["resnet18"] / "best.pt", weights_only=True)
     assert ckpt["task"] == "substructure" and ckpt["select_metric"] == "val_macro_auc"
-    assert ckpt["class_names"] == ["no", "sphere", "vort"] if isinstance(ckpt["class_names"], list) else True
+    assert list(ckpt["class_names"]) == ["no", "sphere", "vort"]
     split = {k: set(v.tolist()) for k, v in ckpt["split"].items()}
     assert not split["test"] & (split["train"] | split["val"]) and len(split["test"]) == 9  # 3 per class held out
     epoch = json.loads(open(run["resnet18"] / "metrics.jsonl").readline())
@@ -228,7 +226,8 @@ def test_train_evaluate_predict_compare(runs, tmp_path):
     assert sorted(t["model"] for t in table) == ["mobilenetv3_small_100", "resnet18"]
     assert {"parameters", "train_minutes", "train_samples_per_s", "macro_auc", "auc_sphere", "accuracy"} <= set(table[0])
     assert (tmp_path / "comparison_macro_auc_vs_time.png").stat().st_size > 1000
-    assert "| resnet18 |" in (tmp_path / "comparison.md").read_text().replace("substructure_resnet18_sim_s42 | substructure ", "")
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "| macro_auc |" in markdown and "| substructure_resnet18_sim_s42 | substructure | resnet18 |" in markdown
 
 
 @pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="../shared/samples not present")
