@@ -10,6 +10,10 @@
     python evaluate.py --run results/lens_resnet18_lsst_s42
     python evaluate.py --run results/lens_resnet18_lsst_s42 --data survey_cutouts/ --candidates 64
 
+    # an MAE run: held-out reconstruction loss and panels; a super-resolution run: PSNR / SSIM against bicubic
+    python evaluate.py --run results/mae_common_s42
+    python evaluate.py --run results/superres_edsr_sr_s42
+
     # one table of several evaluated runs (CSV and Markdown)
     python evaluate.py --compare results/lens_resnet18_lsst_s42 results/lens_convnext_nano_lsst_s42
 
@@ -24,6 +28,10 @@ temporal_bias_check.png, early_detection_curve.png, evolution_<class>_<i>.png, e
 Lens: roc_pr.png, confusion_matrix.png, calibration.png, score_histograms.png,
 false_positives.png, false_negatives.png, recall_vs_parameters.png (simulated data),
 candidates.csv and candidates.png (--candidates N).
+Substructure: roc_curves.png, confusion_matrix.png, calibration.png, per_class_metrics.png,
+misclassified.png, accuracy_vs_parameters.png (simulated data), predictions.csv.
+MAE: reconstructions.png, reconstruction_losses.csv. Superres: examples.png,
+psnr_ssim_vs_bicubic.png, per_image_metrics.csv (the model and bicubic on the same pairs).
 """
 from __future__ import annotations
 

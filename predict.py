@@ -12,6 +12,9 @@
     # substructure: id,p_no,p_sphere,p_vort,class for a folder of .npy images (or class folders, HDF5)
     python predict.py --runs results/substructure_resnet18_common_s42 --input images/ --output sub.csv --tta 8
 
+    # super-resolution: the images into sr/ (FITS keep their header, the WCS scaled), an index in sr.csv
+    python predict.py --runs results/superres_edsr_sr_s42 --input lr_images/ --output sr.csv --image-dir sr/
+
 A run is a run directory (its best.pt) or a checkpoint file; every member uses its own input
 size, normalisation (lens) or feature grid (microlensing); all members must be of one task.
 Microlensing: probabilities averaged over members, `id, p_flat, p_pspl, p_binary, class,
@@ -20,7 +23,9 @@ centred on its brightest point). Lens: logits averaged over test-time augmentati
 member, then over members; `id, pred` with pred = sigmoid(mean logit), plus `logit_std`, the
 spread of the members' logits, with `--extra-columns`. Substructure: logits averaged the same
 way, then softmax; `id, p_no, p_sphere, p_vort, class` (`--extra-columns`: the members' spread
-per class and the file). Runs offline.
+per class and the file). Superres: each LR image (a folder of them, an LR/ + HR/ root, or HDF5)
+super-resolved, averaged over members, written to --image-dir; `id, input, output, scale,
+height, width`. Runs offline.
 """
 from __future__ import annotations
 
@@ -53,6 +58,10 @@ def get_args_parser():
                    help="lens: inference precision (auto: bf16 on GPUs and CPUs with fast bf16, else fp32)")
     p.add_argument("--extra-columns", action="store_true", help="lens: also write logit_std and file")
     p.add_argument("--num-workers", type=int, default=0, help="lens: processes reading FITS files")
+    p.add_argument("--image-dir", default=None,
+                   help="superres: folder of the super-resolved images (default: <output without .csv>_sr)")
+    p.add_argument("--image-format", choices=("same", "npy", "fits"), default="same",
+                   help="superres: file type of the images (same: FITS for FITS inputs, with the WCS scaled; else .npy)")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true", help="report unusable files and go on instead of stopping")
     p.add_argument("--no-progress", action="store_true")

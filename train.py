@@ -20,7 +20,15 @@
     python train.py --task substructure --data data/common --model resnet18 --epochs 30
     python train.py --task substructure --data data/common --model lens_pinn --lens-param-weight 0.1
 
-    # SLURM, many nodes: sbatch/train.sbatch (srun torchrun with c10d rendezvous); lens: sbatch/lens_pipeline.sh
+    # masked-autoencoder pretraining on any image files, then fine-tuning its encoder (10% of the labels)
+    python train.py --task mae --data data/common --epochs 400
+    python train.py --task substructure --data data/common --init-from results/mae_common_s42 --label-fraction 0.1
+
+    # super-resolution (LR/ + HR/ folders of pairs or HDF5): EDSR, or the MAE's encoder with --init-from
+    python train.py --task superres --data data/sr --model edsr --epochs 30
+
+    # SLURM, many nodes: sbatch/train.sbatch (srun torchrun with c10d rendezvous); lens: sbatch/lens_pipeline.sh;
+    # pretraining -> fine-tuning -> evaluation: sbatch/mae_pipeline.sh
 
 The run directory (<output>/<experiment-name>; the name is derived from the options when not
 given, without a timestamp) holds config.json, split.npz, metrics.jsonl, last.pt and best.pt.
@@ -40,8 +48,8 @@ from data.cache import CacheBuildError
 from engine import distributed
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.cli import OneLineErrorParser
-from engine.trainer import (NonFiniteLossError, StopRequest, Timer, amp_settings, evaluate, rank_batches,
-                            summarize, train_one_epoch, warmup_cosine)
+from engine.trainer import (NonFiniteLossError, StopRequest, Timer, amp_settings, evaluate, param_groups,
+                            rank_batches, summarize, train_one_epoch, warmup_cosine)
 from tasks import TASKS, TaskError, get_task
 
 
@@ -55,7 +63,9 @@ def get_args_parser():
     g.add_argument("--task", default="microlensing", choices=TASKS)
     g.add_argument("--data", default=None, help="microlensing: simulator HDF5 file; lens: an image HDF5 file or a "
                                                 "folder with lenses/nonlenses class folders (FITS or .npy); "
-                                                "substructure: a folder of no/sphere/vort class folders or HDF5")
+                                                "substructure: a folder of no/sphere/vort class folders or HDF5; "
+                                                "mae: any of those or a folder of images; superres: a folder "
+                                                "with LR/ and HR/ or an HDF5 file")
     g.add_argument("--val-fraction", "--val-split", type=float, default=None, help="default per task: 0.1 (lens 0.2)")
     g.add_argument("--test-fraction", type=float, default=None,
                    help="held out; never used by training or selection (default 0.1)")
@@ -63,7 +73,8 @@ def get_args_parser():
     g = p.add_argument_group("model")
     g.add_argument("--model", "--model-name", default=None,
                    help="microlensing: cnn_gru or patch_transformer (default); lens: any timm backbone (default "
-                        "resnet18); substructure: a timm backbone or lens_pinn")
+                        "resnet18); substructure: a timm backbone or lens_pinn (both: vit with --init-from); "
+                        "superres: edsr or mae_sr")
     g.add_argument("--dropout", type=float, default=None, help="default per task: 0.1 (lens 0)")
     g = p.add_argument_group("optimisation (defaults per task: tasks/<task>.py DEFAULTS)")
     g.add_argument("--epochs", type=int, default=None)
@@ -172,10 +183,9 @@ def main(args):
     model, model_name, kwargs = task.build_model(args, data, stats)
     model = model.to(info.device)
     criterion = task.make_criterion(data, split, args).to(info.device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    # parameter groups: the task's (e.g. layer-wise LR decay, a frozen encoder) or weight decay on weights only
+    groups = task.param_groups(model, args) if hasattr(task, "param_groups") else param_groups(model, args)
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
     sampler = torch.utils.data.DistributedSampler(range(len(split["train"])), num_replicas=info.world_size,
                                                   rank=info.rank, shuffle=True, seed=args.seed)
     batches_per_epoch = -(-len(sampler) // args.batch_size)
@@ -185,8 +195,9 @@ def main(args):
     amp, autocast, scaler = amp_settings(args.amp, info.device)
     config["amp"] = amp
     select = task.SELECT_METRIC
+    lower_is_better = getattr(task, "SELECT_MODE", "max") == "min"  # e.g. the MAE's validation loss
 
-    start_epoch, start_batch, best = 0, 0, -float("inf")
+    start_epoch, start_batch, best = 0, 0, float("inf") if lower_is_better else -float("inf")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -237,6 +248,7 @@ def main(args):
 
     stop = StopRequest().install()
     terms = getattr(criterion, "term_names", ())  # loss terms logged separately (train_loss_<name>, val_loss_<name>)
+    extra_metrics = getattr(criterion, "metric_names", ())  # e.g. PSNR (train_<name>, val_<name>)
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         order = np.asarray(split["train"])[list(sampler)]
@@ -255,15 +267,17 @@ def main(args):
             distributed.cleanup(info)
             return 128 + stop.signum
         train_seconds = timer()
-        val_sums, (val_y, val_log_probs) = evaluate(unwrapped, criterion, autocast, val_fetch, split["val"],
-                                                    args.batch_size, info, n_classes=n_classes, collect=True)
+        val = evaluate(unwrapped, criterion, autocast, val_fetch, split["val"], args.batch_size, info,
+                       n_classes=n_classes, collect=n_classes > 0)
+        val_sums, scores = val if n_classes else (val, None)
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                    "samples_per_s": float(sums[2]) / train_seconds, "partial_epoch": start_batch > 0,
-                   **summarize(sums, "train", class_names, terms), **summarize(val_sums, "val", class_names, terms),
-                   **{f"val_{k}": v for k, v in task.val_metrics(val_y, val_log_probs).items()}}
+                   **summarize(sums, "train", class_names, terms, extra_metrics),
+                   **summarize(val_sums, "val", class_names, terms, extra_metrics),
+                   **({f"val_{k}": v for k, v in task.val_metrics(*scores).items()} if scores else {})}
         start_batch = 0
         value = metrics[select]
-        improved = bool(value > best)  # a NaN metric never improves
+        improved = bool(value < best if lower_is_better else value > best)  # a NaN metric never improves
         best = value if improved else best
         metrics[f"best_{select}"] = best
         if info.is_main:
@@ -275,12 +289,16 @@ def main(args):
                 save_checkpoint(ckpt_state, os.path.join(run_dir, "best.pt"))
             if args.save_every and (epoch + 1) % args.save_every == 0:
                 save_checkpoint(ckpt_state, os.path.join(run_dir, f"epoch_{epoch + 1:03d}.pt"))
-            recall = " ".join(f"{c}={metrics[f'val_recall_{c}']:.3f}" for c in class_names)
-            extra = f" {select[4:]} {value:.4f}" if select != "val_acc" else ""
-            print(f"epoch {epoch + 1}/{args.epochs}: train loss {metrics['train_loss']:.4f} acc "
-                  f"{metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f}"
-                  f"{extra} ({recall}) | {metrics['samples_per_s']:.0f} samples/s{' *' if improved else ''}",
-                  flush=True)
+            if n_classes:
+                recall = " ".join(f"{c}={metrics[f'val_recall_{c}']:.3f}" for c in class_names)
+                extra = f" {select[4:]} {value:.4f}" if select != "val_acc" else ""
+                scores_text = (f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f} | val loss "
+                               f"{metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f}{extra} ({recall})")
+            else:
+                scores_text = f"train loss {metrics['train_loss']:.4f} | val loss {metrics['val_loss']:.4f}" + "".join(
+                    f" {k[4:]} {metrics[f'val_{k[4:]}']:.4f}" for k in [f"val_{m}" for m in extra_metrics])
+            print(f"epoch {epoch + 1}/{args.epochs}: {scores_text} | {metrics['samples_per_s']:.0f} samples/s"
+                  f"{' *' if improved else ''}", flush=True)
     if info.is_main:
         print(f"done: best {select.replace('_', ' ')} {best:.4f}; checkpoints in {run_dir}", flush=True)
     data.remove()

@@ -107,6 +107,16 @@ def transform_lens_params(params: torch.Tensor, ks: torch.Tensor, shifts: torch.
     return p
 
 
+def apply_d4(x: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """Image i under symmetry ks[i] (e.g. the HR image of a pair under its LR image's symmetry)."""
+    out = torch.empty_like(x)
+    ks = ks.to(x.device)
+    for k in torch.unique(ks).tolist():
+        rows = ks == k
+        out[rows] = d4(x[rows], k)
+    return out
+
+
 def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image of the batch under its own random symmetry of the square."""
     return random_geometry(x, True, 0, generator)

@@ -1,4 +1,5 @@
-"""Metrics of the binary lens finder (1 lens, 0 non-lens) from sigmoid scores in [0, 1].
+"""Metrics of the binary lens finder (1 lens, 0 non-lens) from sigmoid scores in [0, 1], and the
+image-quality metrics of super-resolution (PSNR, SSIM; torch, batched, at the end).
 
 Besides the usual threshold metrics and calibration, these are the numbers lens searches quote
 (Metcalf et al. 2019, the Bologna lens-finding challenge): AUC, TPR0 (recall before the first
@@ -172,3 +173,48 @@ def binned_recall(y, score, values, bins, threshold=0.5) -> dict:
     return {"bin_edges": edges.tolist(), "recall": recall.tolist(), "n_pos": n_pos.tolist(),
             "n_detected": n_detected.tolist(), "n_nan": int(np.sum(~finite)), "n_outside": int(np.sum(~inside)),
             "threshold": float(threshold)}
+
+
+# --------------------------------------------------------------------------- image quality (super-resolution)
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # Wang et al. (2004): an 11x11 Gaussian window of sigma 1.5 pixels
+
+
+def data_range(reference):
+    """(B,) max - min of each reference image (B, C, H, W): the range PSNR and SSIM are quoted on."""
+    flat = reference.flatten(1)
+    return flat.amax(1) - flat.amin(1)
+
+
+def psnr(pred, reference, value_range=None):
+    """(B,) peak signal-to-noise ratio in dB, 10 log10(R^2 / MSE) per image over all its pixels
+    and bands; R the reference's own range unless given. Identical images give +inf."""
+    import torch
+    value_range = data_range(reference) if value_range is None else value_range
+    mse = ((pred.double() - reference.double()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(value_range.double() ** 2 / mse)
+
+
+def ssim(pred, reference, value_range=None):
+    """(B,) mean structural similarity (Wang et al. 2004) per image, averaged over bands: Gaussian
+    window sigma 1.5 (11x11), K1 0.01, K2 0.03, population (co)variances, over the pixels whose
+    whole window lies inside the image; R the reference's range unless given. The same numbers as
+    skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)."""
+    import torch
+    import torch.nn.functional as F
+    value_range = data_range(reference) if value_range is None else value_range
+    x, y = pred.double(), reference.double()
+    B, C, H, W = x.shape
+    taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64, device=x.device)
+    g = torch.exp(-taps ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(C, 1, -1, -1).contiguous()
+
+    def blur(t):  # separable would be faster; 11x11 on HR cutouts is cheap enough
+        return F.conv2d(t, kernel, groups=C)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    r = value_range.double().view(B, 1, 1, 1)
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)

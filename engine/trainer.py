@@ -3,7 +3,11 @@
 Batches come from a `fetch(indices) -> (x, y)` function of the task's data module, so this
 file knows nothing about light curves or images. `y` is the (B,) class labels, or a dict of
 tensors holding them under "label" plus what else the task's loss needs (e.g. the simulator's
-true lens parameters for an auxiliary loss).
+true lens parameters for an auxiliary loss, or a super-resolution target). Tasks without classes
+(n_classes 0: mae, superres) log their loss and the criterion's named terms only.
+
+A criterion returns (loss, terms); `criterion.term_names` are logged as <split>_loss_<name>,
+`criterion.metric_names` (e.g. PSNR) as <split>_<name>, both averaged over samples.
 """
 from __future__ import annotations
 
@@ -65,6 +69,20 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.01):
     return factor
 
 
+def param_groups(model, args, lr_scales=None) -> list:
+    """AdamW groups: weight decay on weight matrices and kernels only (not biases, norms, embeddings
+    of ndim < 2); frozen parameters left out; `lr_scales` {name: factor} (e.g. layer-wise LR decay)
+    splits the groups further, each group's lr = args.lr * factor (the schedule multiplies it)."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = 1.0 if lr_scales is None else lr_scales[name]
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    return [{"params": ps, "weight_decay": args.weight_decay if weight else 0.0, "lr": args.lr * scale,
+             "lr_scale": scale} for (scale, weight), ps in sorted(groups.items(), key=lambda g: (-g[0][0], not g[0][1]))]
+
+
 def to_device(y, device):
     """The batch's targets on `device`: a tensor, or a dict of tensors."""
     if isinstance(y, dict):
@@ -75,6 +93,11 @@ def to_device(y, device):
 def labels_of(y):
     """(B,) class labels of a batch's targets."""
     return y["label"] if isinstance(y, dict) else y
+
+
+def logged_names(criterion) -> tuple:
+    """The criterion's named terms and metrics, in the order their sums are kept."""
+    return tuple(getattr(criterion, "term_names", ())) + tuple(getattr(criterion, "metric_names", ()))
 
 
 def rank_batches(indices, batch_size: int):
@@ -91,7 +114,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fe
     counts reduced over ranks; batches_done < len(batches) when a stop was requested.
     """
     model.train()
-    names = getattr(criterion, "term_names", ())  # loss terms logged separately (e.g. an auxiliary loss)
+    names = logged_names(criterion)  # loss terms and metrics logged separately (e.g. an auxiliary loss)
     sums = torch.zeros(3 + 2 * n_classes + len(names), dtype=torch.float64)
     bar = tqdm(total=len(batches), initial=start_batch, desc=desc, disable=not (progress and info.is_main),
                leave=False, unit="batch")
@@ -121,8 +144,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, autocast, fe
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
         with torch.no_grad():
-            pred = out["log_probs"].argmax(-1)
-            sums += _counts(loss.detach() * len(pred), pred, labels_of(y), n_classes, terms, names)
+            sums += _counts(loss.detach(), out, y, len(x), n_classes, terms, names)
         done = b + 1
         bar.update(1)
         bar.set_postfix(loss=f"{flags[0].item() / info.world_size:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -139,13 +161,14 @@ def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: 
              collect: bool = False):
     """Loss and accuracy sums over `indices`, split across ranks (rank r takes indices[r::world]).
 
-    With `collect`, also (labels, log-probabilities) of every index, gathered from all ranks in
-    the order of `indices` (for metrics that need every score, such as a ROC AUC).
+    With `collect` (classification tasks), also (labels, log-probabilities) of every index,
+    gathered from all ranks in the order of `indices` (for metrics that need every score, such
+    as a ROC AUC).
     `model` must be the unwrapped module: evaluation runs on every rank without DDP's collectives.
     """
     model.eval()
     mine = np.asarray(indices)[info.rank::info.world_size]
-    names = getattr(criterion, "term_names", ())
+    names = logged_names(criterion)
     sums = torch.zeros(3 + 2 * n_classes + len(names), dtype=torch.float64)
     ys, outs = [], []
     for idx in rank_batches(mine, batch_size):
@@ -154,7 +177,7 @@ def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: 
         with autocast():
             out = model(x)
             loss, terms = criterion(out, y)
-        sums += _counts(loss * len(x), out["log_probs"].argmax(-1), labels_of(y), n_classes, terms, names)
+        sums += _counts(loss, out, y, len(x), n_classes, terms, names)
         if collect:
             ys.append(labels_of(y).cpu().numpy())
             outs.append(out["log_probs"].float().cpu().numpy())
@@ -171,24 +194,33 @@ def evaluate(model, criterion, autocast, fetch, indices, batch_size: int, info: 
     return sums, (y_all, lp_all)
 
 
-def _counts(loss_sum, pred, y, n_classes, terms=None, names=()):
-    per_class_correct = torch.bincount(y[pred == y], minlength=n_classes).double().cpu()
-    per_class_total = torch.bincount(y, minlength=n_classes).double().cpu()
-    head = torch.tensor([float(loss_sum), float((pred == y).sum()), float(len(y))], dtype=torch.float64)
-    # each named loss term times the batch size; a term the batch lacks counts 0
-    extra = torch.tensor([float(terms[k].detach()) * len(y) if terms and k in terms else 0.0 for k in names],
+def _counts(loss, out, y, n, n_classes, terms=None, names=()):
+    """Sums of a batch of n samples: loss * n, correct, n, per-class correct and counts, named terms * n."""
+    correct, per_class = 0.0, torch.zeros(0, dtype=torch.float64)
+    if n_classes:
+        y, pred = labels_of(y), out["log_probs"].argmax(-1)
+        correct = float((pred == y).sum())
+        per_class = torch.cat([torch.bincount(y[pred == y], minlength=n_classes).double().cpu(),
+                               torch.bincount(y, minlength=n_classes).double().cpu()])
+    head = torch.tensor([float(loss) * n, correct, float(n)], dtype=torch.float64)
+    # each named term times the batch size; a term the batch lacks counts 0
+    extra = torch.tensor([float(terms[k].detach()) * n if terms and k in terms else 0.0 for k in names],
                          dtype=torch.float64)
-    return torch.cat([head, per_class_correct, per_class_total, extra])
+    return torch.cat([head, per_class, extra])
 
 
-def summarize(sums: torch.Tensor, prefix: str, class_names, term_names=()) -> dict:
-    """Loss, accuracy, per-class recall and the criterion's named loss terms from reduced sums."""
+def summarize(sums: torch.Tensor, prefix: str, class_names, term_names=(), metric_names=()) -> dict:
+    """Loss, accuracy and per-class recall (tasks with classes), the criterion's named loss terms
+    (<prefix>_loss_<name>) and metrics (<prefix>_<name>) from reduced sums."""
     n_classes = len(class_names)
     loss_sum, correct, n = sums[:3].tolist()
     per_correct, per_total = sums[3:3 + n_classes], sums[3 + n_classes:3 + 2 * n_classes]
-    out = {f"{prefix}_loss": loss_sum / max(n, 1), f"{prefix}_acc": correct / max(n, 1)}
-    for k, name in enumerate(term_names):
-        out[f"{prefix}_loss_{name}"] = float(sums[3 + 2 * n_classes + k]) / max(n, 1)
+    out = {f"{prefix}_loss": loss_sum / max(n, 1)}
+    if n_classes:
+        out[f"{prefix}_acc"] = correct / max(n, 1)
+    for k, name in enumerate(tuple(term_names) + tuple(metric_names)):
+        key = f"{prefix}_loss_{name}" if k < len(term_names) else f"{prefix}_{name}"
+        out[key] = float(sums[3 + 2 * n_classes + k]) / max(n, 1)
     for c, name in enumerate(class_names):
         out[f"{prefix}_recall_{name}"] = float(per_correct[c] / per_total[c]) if per_total[c] > 0 else float("nan")
     return out

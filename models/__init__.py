@@ -4,7 +4,10 @@ Families: `cnn_gru` (the thesis CNN-GRU, models/cnn_gru.py) and `patch_transform
 patched causal transformer, models/patch_transformer.py), both light-curve classifiers; `timm`
 (models/timm_classifier.py), image classifiers on any timm backbone; `lens_pinn`
 (models/lens_pinn.py), an image classifier that first fits a smooth lens and reconstructs
-the source. Every model returns a dict with "log_probs" (B, n_classes) and the logits its loss needs.
+the source; `mae` and `vit` (models/mae.py), the masked autoencoder and the ViT classifier
+fine-tuned from its encoder; `bicubic`, `edsr` and `mae_sr` (models/superres.py), super-resolution.
+Classifiers return a dict with "log_probs" (B, n_classes) and the logits their loss needs; the
+MAE its patch predictions, targets and mask; super-resolution models "sr" (B, C, f*H, f*W).
 """
 from __future__ import annotations
 
@@ -48,4 +51,4 @@ def _get(name):
 
 
 def _import_all():
-    from models import cnn_gru, lens_pinn, patch_transformer, timm_classifier  # noqa: F401  (registration side effect)
+    from models import cnn_gru, lens_pinn, mae, patch_transformer, superres, timm_classifier  # noqa: F401  (registration side effect)

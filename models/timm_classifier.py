@@ -87,8 +87,12 @@ class TimmClassifier(nn.Module):
         # x (B, C, H, W) → dict of logits
         if self.resize and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        z = self.net(x)
-        if self.binary:
-            z = z[:, 0]
-            return {"logit": z, "log_probs": torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=-1)}
-        return {"logits": z, "log_probs": F.log_softmax(z.float(), dim=-1)}
+        return classifier_outputs(self.net(x), self.binary)
+
+
+def classifier_outputs(z: torch.Tensor, binary: bool) -> dict:
+    """The outputs of an image classifier from its logits z (B, n_outputs)."""
+    if binary:
+        z = z[:, 0]
+        return {"logit": z, "log_probs": torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=-1)}
+    return {"logits": z, "log_probs": F.log_softmax(z.float(), dim=-1)}

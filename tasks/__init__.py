@@ -2,9 +2,10 @@
 
 A task module (tasks/<task>.py) provides, as plain functions and constants:
 
-    TASK, CLASS_NAMES, DEFAULTS (train.py option defaults), IDENTITY_KEYS (options a relaunch
-    must not change), SELECT_METRIC (validation metric of the best checkpoint, higher is better),
-    COMPARE_METRIC (the compare_columns key evaluate.py --compare plots against training time)
+    TASK, CLASS_NAMES (empty for tasks without classes: mae, superres), DEFAULTS (train.py option
+    defaults), IDENTITY_KEYS (options a relaunch must not change), SELECT_METRIC (validation
+    metric of the best checkpoint; higher is better unless SELECT_MODE = "min"), COMPARE_METRIC
+    (the compare_columns key evaluate.py --compare plots against training time)
 
     train.py:    add_train_args(parser), check_train_args(args), default_name(args),
                  data_identity(args) -> dict, load_train_data(args, info) -> TrainData,
@@ -12,7 +13,8 @@ A task module (tasks/<task>.py) provides, as plain functions and constants:
                  make_fetch(data, stats, args, device, train) -> fetch(indices) -> (x, y),
                  build_model(args, data, stats) -> (model, model_name, model_kwargs),
                  make_criterion(data, split, args), val_metrics(y, log_probs) -> dict,
-                 checkpoint_extras(data, stats, args) -> dict
+                 checkpoint_extras(data, stats, args) -> dict; optionally
+                 param_groups(model, args) -> AdamW groups (e.g. layer-wise LR decay)
     evaluate.py: add_evaluate_args(parser), evaluate(ckpt, model, ckpt_path, args) -> summary dict,
                  compare_columns(summary) -> dict (evaluate.py --compare)
     predict.py:  predict(runs, args) -> (header, rows, n_skipped)
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TASKS = ("microlensing", "lens", "substructure")
+TASKS = ("microlensing", "lens", "substructure", "mae", "superres")
 
 
 class TaskError(Exception):

@@ -18,7 +18,7 @@ from data.cache import SharedArrays, cache_key
 from engine.inference import ShapeError, inference_precision, tta_outputs
 from models import create_model
 from models.timm_classifier import BackboneError, check_backbone, native_input_size
-from tasks import TaskError, TrainData, stratified_split
+from tasks import TaskError, TrainData, finetune, stratified_split
 
 
 # --------------------------------------------------------------------------- options
@@ -42,6 +42,7 @@ def add_train_args(parser):
     g.add_argument("--augment", choices=("d4", "none"), default="d4", help="the 8 flips/rotations per image")
     g.add_argument("--max-shift", type=int, default=0, help="random shifts of up to this many pixels")
     g.add_argument("--noise", type=float, default=0.0, help="added Gaussian noise, up to this sigma (normalised units)")
+    finetune.add_train_args(parser)
 
 
 def add_evaluate_args(parser):
@@ -53,6 +54,17 @@ def add_evaluate_args(parser):
                    help="inference precision (auto: bf16 on GPUs and CPUs with fast bf16, else fp32)")
     g.add_argument("--n-examples", type=int, default=16, help="most confident misclassified objects shown")
     g.add_argument("--skip-bad", action="store_true", help="leave out unreadable objects (listed)")
+
+
+def check_model_args(args, default_model="resnet18", own_models=()):
+    """The classifier: a timm backbone, the MAE's encoder with --init-from (tasks/finetune.py), or
+    one of the task's `own_models`."""
+    finetune.check_args(args, default_model)
+    if args.model in own_models and args.init_from:
+        raise TaskError(f"--init-from: --model {args.model} has no ViT encoder to initialise; use --model "
+                        f"{finetune.VIT} or a timm ViT")
+    if args.model != finetune.VIT and args.model not in own_models:
+        check_backbone_arg(args.model)
 
 
 def check_backbone_arg(name):
@@ -90,21 +102,23 @@ def ingest(sources, args, info, task: str, class_names) -> TrainData:
     arrays = SharedArrays(cache, build, info, args.cache_dir)
     report = json.loads(str(arrays["report"][0]))
     labels = np.asarray(arrays["labels"]).astype(np.int64)
-    counts = np.bincount(labels, minlength=len(class_names))
+    # class_names None (mae): labels are kept for the split only, -1 where a folder has no class
+    counts = np.bincount(labels[labels >= 0], minlength=len(class_names or ()))
     if info.is_main:
         n, shape = len(labels), arrays["images"].shape[1:]
-        print(f"ingested {n} objects ({'x'.join(map(str, shape))}; "
-              + ", ".join(f"{c} {name}" for name, c in zip(class_names, counts)) + f") in {report['seconds']:.1f} s "
+        classes = ", ".join(f"{c} {name}" for name, c in zip(class_names, counts)) if class_names else \
+            f"{(labels >= 0).sum()} in class folders"
+        print(f"ingested {n} objects ({'x'.join(map(str, shape))}; {classes}) in {report['seconds']:.1f} s "
               f"({n / max(report['seconds'], 1e-9):.0f} objects/s); non-finite pixels set to 0: "
               f"{report['nonfinite_pixels']} in {report['nonfinite_objects']} objects; skipped {len(report['bad'])}",
               flush=True)
-    if (counts == 0).any():
+    if class_names and (counts == 0).any():
         arrays.remove()  # every rank gets here: the node's copy goes before the error
         missing = [name for name, c in zip(class_names, counts) if c == 0]
         raise TaskError(f"the data holds no {', '.join(missing)} objects; {task} needs every class "
                         f"({', '.join(class_names)})")
     meta = {"unit": "objects", "shape": tuple(arrays["images"].shape[1:]), "bands": report["bands"],
-            "run_files": report_files(report)}
+            "run_files": report_files(report), "data_key": lens_data.listing_key(sources)}
     return TrainData(arrays, labels, meta)
 
 
@@ -112,17 +126,27 @@ def make_split(data, args) -> dict:
     """Stratified train / val / test; objects of the data's own test folders are the test split, as given."""
     is_test = np.asarray(data.arrays["is_test"])
     if not is_test.any():
-        return stratified_split(data.labels, args.seed, args.val_fraction, args.test_fraction)
-    rest = np.flatnonzero(~is_test)
-    inner = stratified_split(data.labels[rest], args.seed, args.val_fraction, 0.0)
-    return {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.flatnonzero(is_test)}
+        split = stratified_split(data.labels, args.seed, args.val_fraction, args.test_fraction)
+    else:
+        rest = np.flatnonzero(~is_test)
+        inner = stratified_split(data.labels[rest], args.seed, args.val_fraction, 0.0)
+        split = {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.flatnonzero(is_test)}
+    if not hasattr(args, "label_fraction"):
+        return split
+    return finetune.restrict_split(split, data.labels, args, data.meta.get("data_key"))  # --label-fraction, --init-from
 
 
 def fit_stats(data, args, backbone=None) -> dict:
     """The preprocessing a run records and prediction repeats (no statistics of the data are needed)."""
     C, H, W = data.meta["shape"]
     backbone = args.model if backbone is None else backbone
-    return {"norm": args.norm, "input_size": args.input_size or native_input_size(backbone, H),
+    if getattr(args, "init_from", None):  # the MAE encoder's grid; a timm ViT at the same size
+        input_size = finetune.pretrained_encoder(args.init_from)["kwargs"]["image_size"]
+    elif backbone == finetune.VIT:  # the MAE's ViT from scratch: the image's own size
+        input_size = args.input_size or H
+    else:
+        input_size = args.input_size or native_input_size(backbone, H)
+    return {"norm": args.norm, "input_size": input_size,
             "shape": [C, H, W], "bands": data.meta["bands"]}
 
 
@@ -153,6 +177,9 @@ def make_fetch(data, stats, args, device, train: bool):
 
 
 def timm_model(args, stats, n_outputs):
+    """The classifier: a timm backbone, or one initialised from an MAE run (--init-from)."""
+    if getattr(args, "init_from", None) or args.model == finetune.VIT:
+        return finetune.build_classifier(args, stats, n_outputs)
     kwargs = dict(backbone=args.model, in_chans=stats["shape"][0], n_outputs=n_outputs,
                   input_size=stats["input_size"], drop_rate=args.dropout)
     try:

@@ -18,16 +18,17 @@ import torch.nn.functional as F
 from data import lens_data
 from engine.checkpoint import write_csv
 from engine.inference import inference_precision
-from tasks import TaskError, TrainData, images
+from tasks import TaskError, TrainData, finetune, images
 
 TASK = "lens"
 CLASS_NAMES = ("nonlens", "lens")
 SELECT_METRIC = "val_auc"
 COMPARE_METRIC = "auc"  # evaluate.py --compare plots it against training time
 # the seed's defaults: AdamW 1e-4, weight decay 1e-2, cosine; stratified 20% validation
-DEFAULTS = dict(model="resnet18", epochs=20, batch_size=128, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
+DEFAULTS = dict(epochs=20, batch_size=128, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
                 val_fraction=0.2, test_fraction=0.1, dropout=0.0)
-IDENTITY_KEYS = ("task", "model", "input_size", "norm", "bands", "data_key", "seed", "val_fraction", "test_fraction")
+IDENTITY_KEYS = ("task", "model", "input_size", "norm", "bands", "data_key", "seed", "val_fraction", "test_fraction",
+                 "init_from", "linear_probe", "label_fraction")
 
 
 # --------------------------------------------------------------------------- train.py
@@ -51,7 +52,7 @@ def _sources(args):
 
 
 def check_train_args(args):
-    images.check_backbone_arg(args.model)
+    images.check_model_args(args)  # a timm backbone (default resnet18), or the MAE's encoder with --init-from
     if args.cache_ratio != 1:
         raise TaskError("--cache-ratio: only 1 (the whole packed array, one copy per node) is supported")
     if bool(args.train_roots) != bool(args.train_roots_neg) and not args.data:
@@ -62,7 +63,7 @@ def check_train_args(args):
 def default_name(args) -> str:
     first = args.data or args.train_roots[0]
     stem = os.path.splitext(os.path.basename(os.path.normpath(first)))[0]
-    return f"lens_{args.model}_{stem}_s{args.seed}"
+    return f"lens_{args.model}_{stem}{finetune.name_suffix(args)}_s{args.seed}"
 
 
 def data_identity(args) -> dict:
@@ -76,6 +77,7 @@ def load_train_data(args, info) -> TrainData:
 
 make_split = images.make_split
 make_fetch = images.make_fetch
+param_groups = finetune.param_groups
 
 
 def fit_stats(data, split, args, info):

@@ -41,7 +41,8 @@ def add_train_args(parser):
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
-    g.add_argument("--patch-size", type=int, default=16, help="patch_transformer: grid steps per token")
+    g.add_argument("--patch-size", type=int, default=None,
+                   help="patch_transformer: grid steps per token (default 16); mae, superres: pixels per ViT patch")
     g.add_argument("--attention-pooling", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--use-aux-head", action=argparse.BooleanOptionalAction, default=True)
@@ -51,6 +52,7 @@ def add_train_args(parser):
 
 
 def check_train_args(args):
+    args.patch_size = 16 if args.patch_size is None else args.patch_size
     if args.model not in list_models("light_curve"):
         raise TaskError(f"unknown model {args.model!r}; choose from {', '.join(list_models('light_curve'))}")
     for name in ("d_model", "n_layers"):

@@ -25,17 +25,17 @@ from data import augment, lens_data
 from engine.checkpoint import write_csv
 from engine.inference import inference_precision
 from models import create_model
-from tasks import TaskError, TrainData, images
+from tasks import TaskError, TrainData, finetune, images
 
 TASK = "substructure"
 CLASS_NAMES = ("no", "sphere", "vort")
 SELECT_METRIC = "val_macro_auc"
 COMPARE_METRIC = "macro_auc"  # evaluate.py --compare plots it against training time
 # seed 003's recipe: AdamW 1e-4, weight decay 1e-2, cosine; 20% validation
-DEFAULTS = dict(model="resnet18", epochs=20, batch_size=64, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
+DEFAULTS = dict(epochs=20, batch_size=64, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
                 val_fraction=0.2, test_fraction=0.1, dropout=0.0)
 IDENTITY_KEYS = ("task", "model", "input_size", "norm", "data_key", "seed", "val_fraction", "test_fraction",
-                 "pinn_encoder", "pinn_classifier", "residual_field")
+                 "pinn_encoder", "pinn_classifier", "residual_field", "init_from", "linear_probe", "label_fraction")
 PINN = "lens_pinn"
 PIXEL_SCALE = 0.05  # arcsec per pixel of the DeepLense / Model I images
 # the simulator's params columns of the PINN's smooth lens (models/lens_pinn.LENS_PARAM_NAMES)
@@ -79,11 +79,11 @@ def _sources(args):
 def check_train_args(args):
     if args.data is None:
         raise TaskError("--task substructure needs --data (a folder of no/sphere/vort class folders or an HDF5 file)")
+    images.check_model_args(args, own_models=(PINN,))  # default resnet18; the MAE's encoder with --init-from
     if args.model == PINN:
         for name in (args.pinn_encoder, args.pinn_classifier):
             images.check_backbone_arg(name)
     else:
-        images.check_backbone_arg(args.model)
         if args.lens_param_weight:
             raise TaskError("--lens-param-weight applies to --model lens_pinn only")
     if args.bands:
@@ -94,7 +94,7 @@ def check_train_args(args):
 def default_name(args) -> str:
     stem = os.path.splitext(os.path.basename(os.path.normpath(args.data)))[0]
     model = f"{PINN}_{args.pinn_encoder}" if args.model == PINN else args.model
-    return f"substructure_{model}_{stem}_s{args.seed}"
+    return f"substructure_{model}_{stem}{finetune.name_suffix(args)}_s{args.seed}"
 
 
 def data_identity(args) -> dict:
@@ -117,6 +117,7 @@ def load_train_data(args, info) -> TrainData:
 
 
 make_split = images.make_split
+param_groups = finetune.param_groups
 
 
 def fit_stats(data, split, args, info):

@@ -172,3 +172,32 @@ def test_substructure_pipeline_runs_locally(tmp_path):
         assert summary["model"] == model and summary["rows"] == "test split"
     table = (results / f"{name}_comparison" / "comparison.md").read_text()
     assert f"{name}_resnet18" in table and f"{name}_mobilenetv3_small_100" in table and "macro_auc" in table
+
+
+def test_mae_pipeline_runs_locally(tmp_path):
+    """pretrain an MAE -> fine-tune it, probe it and train the same ViT from scratch -> evaluate each -> one table."""
+    from tests.test_substructure import write_class_folders
+    write_class_folders(tmp_path / "data", n=10, size=32)
+    name = f"mae{os.getpid()}"
+    results = tmp_path / "results"
+    arch = "--embed-dim 32 --depth 2 --num-heads 2 --patch-size 4"
+    env = dict(os.environ, LOCAL="1", DATA=str(tmp_path / "data"), RESULTS=str(results), NAME=name,
+               GPUS_PER_NODE="1", VENV=sys.prefix, ARCH_ARGS=arch,
+               MAE_ARGS="--decoder-embed-dim 16 --decoder-depth 1 --decoder-num-heads 2 --epochs 1 --batch-size 8 "
+                        "--device cpu --no-progress",
+               FT_ARGS="--epochs 1 --batch-size 8 --device cpu --no-progress",
+               EVAL_ARGS="--no-progress --n-bootstrap 10 --tta 1")
+    r = subprocess.run(["bash", "sbatch/mae_pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    mae_split = np.load(results / f"{name}_mae" / "split.npz")
+    for variant in ("finetune", "probe", "scratch"):
+        run = results / f"{name}_{variant}"
+        summary = json.load(open(run / "eval_test" / "evaluation_summary.json"))
+        assert summary["model"] == "vit" and summary["rows"] == "test split"
+        np.testing.assert_array_equal(np.load(run / "split.npz")["test"], mae_split["test"])
+        config = json.load(open(run / "config.json"))
+        assert (config["init_from"] is not None) == (variant != "scratch")
+        assert config["linear_probe"] == (variant == "probe")
+    table = (results / f"{name}_comparison" / "comparison.md").read_text()
+    assert all(f"{name}_{v}" in table for v in ("finetune", "probe", "scratch")) and "macro_auc" in table
