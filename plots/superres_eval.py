@@ -27,6 +27,23 @@ def residual_stats(sr, hr) -> dict:
             "flux_ratio_median": float(q[1]), "flux_ratio_16_84": [float(q[0]), float(q[2])]}
 
 
+def noise_ceiling_psnr(hr, corner: int | None = None) -> float:
+    """The PSNR a perfect, noise-free prediction would reach against noisy HR images, from the sky
+    noise: sigma per image = 1.4826 MAD of the four corner boxes (corner x corner pixels, default
+    1/12 of the side: 12 of 150; band 0), which must hold sky only,
+    PSNR = 10 log10(R^2 / sigma^2) with R the image's range, averaged over images. An upper bound
+    on any model's PSNR where the noise is the sky's; photon noise on bright arcs lowers the true
+    ceiling further. NaN when the corners hold no noise (noise-free HR images)."""
+    hr = np.asarray(hr, np.float64)[:, 0]
+    corner = corner or max(2, hr.shape[-1] // 12)
+    boxes = np.concatenate([hr[:, :corner, :corner], hr[:, :corner, -corner:], hr[:, -corner:, :corner],
+                            hr[:, -corner:, -corner:]], axis=1).reshape(len(hr), -1)
+    sigma = 1.4826 * np.median(np.abs(boxes - np.median(boxes, 1, keepdims=True)), 1)
+    span = hr.reshape(len(hr), -1).max(1) - hr.reshape(len(hr), -1).min(1)
+    ok = sigma > 0
+    return float(np.mean(10 * np.log10(span[ok] ** 2 / sigma[ok] ** 2))) if ok.any() else float("nan")
+
+
 def pair_panels(lr, bicubic, sr, hr, titles, png, model_name="model") -> dict:
     """One row per image: LR, bicubic, the model's SR, HR, and the residual HR - SR (on a symmetric
     scale of +-3 x its RMS). Band 0 is shown; the four images of a row share the HR colour scale."""

@@ -52,6 +52,8 @@ def add_train_args(parser):
 
 
 def check_train_args(args):
+    if getattr(args, "init_from", None) or getattr(args, "label_fraction", 1.0) < 1:
+        raise TaskError("--init-from / --label-fraction are options of the image tasks (lens, substructure, superres)")
     args.patch_size = 16 if args.patch_size is None else args.patch_size
     if args.model not in list_models("light_curve"):
         raise TaskError(f"unknown model {args.model!r}; choose from {', '.join(list_models('light_curve'))}")

@@ -102,6 +102,10 @@ def load_train_data(args, info) -> TrainData:
     report = json.loads(str(arrays["report"][0]))
     lr_shape, hr_shape = arrays["lr"].shape[1:], arrays["hr"].shape[1:]
     scale = sr_pairs.scale_factor(lr_shape, hr_shape, args.data)
+    if args.augment == "d4" and lr_shape[1] != lr_shape[2]:
+        arrays.remove()
+        raise TaskError(f"{args.data}: {lr_shape[1]}x{lr_shape[2]} LR images are not square; the D4 augmentation "
+                        "needs square images (--augment none)")
     if info.is_main:
         print(f"ingested {len(arrays['lr'])} pairs: LR {'x'.join(map(str, lr_shape))} -> HR "
               f"{'x'.join(map(str, hr_shape))} (x{scale}); non-finite pixels set to 0: {report['nonfinite_pixels']}",
@@ -280,6 +284,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     summary["psnr_gain_db"] = float(np.mean(gain[np.isfinite(gain)])) if np.isfinite(gain).any() else float("nan")
     summary["fraction_improved"] = float(np.mean(gain > 0))
     summary["residuals"] = {key: superres_eval.residual_stats(image, hr) for key, image in (("model", sr), ("bicubic", bic))}
+    summary["noise_ceiling_psnr"] = superres_eval.noise_ceiling_psnr(hr)
     P = lambda fname: os.path.join(out_dir, fname)  # noqa: E731
     rng = np.random.default_rng(args.seed)
     shown = np.sort(rng.choice(len(lr), size=min(len(lr), max(1, min(args.n_examples, 6))), replace=False))
@@ -293,8 +298,9 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
                    per_image["bicubic"]["ssim"])])
     summary["headline"] = (f"PSNR {summary['psnr_model']:.2f} dB (bicubic {summary['psnr_bicubic']:.2f}, "
                            f"{summary['psnr_gain_db']:+.2f} dB; better on {summary['fraction_improved']:.0%} of "
-                           f"images) | SSIM {summary['ssim_model']:.4f} (bicubic {summary['ssim_bicubic']:.4f}) "
-                           f"({len(lr)} pairs, x{stats['scale']})")
+                           f"images) | SSIM {summary['ssim_model']:.4f} (bicubic {summary['ssim_bicubic']:.4f}) | "
+                           f"HR sky-noise ceiling {summary['noise_ceiling_psnr']:.1f} dB ({len(lr)} pairs, "
+                           f"x{stats['scale']})")
     summary["out_dir"] = out_dir
     return summary
 
@@ -302,7 +308,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
 def compare_columns(summary) -> dict:
     return {"n_images": summary["n_images"], "psnr": summary["psnr_model"], "psnr_bicubic": summary["psnr_bicubic"],
             "psnr_gain_db": summary["psnr_gain_db"], "ssim": summary["ssim_model"],
-            "ssim_bicubic": summary["ssim_bicubic"]}
+            "ssim_bicubic": summary["ssim_bicubic"], "noise_ceiling_psnr": summary["noise_ceiling_psnr"]}
 
 
 def predict(runs, args):

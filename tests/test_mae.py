@@ -231,6 +231,8 @@ def test_fine_tune_bad_input_one_line_each(mae_run, tmp_path):
     line = one_error_line(run_script("train.py", "--task", "mae", "--data", data, "--mask-ratio", "1.5", *FAST),
                           "train.py")
     assert "--mask-ratio" in line
+    line = one_error_line(run_script("train.py", "--task", "microlensing", "--init-from", run, *FAST), "train.py")
+    assert "options of the image tasks" in line
 
 
 def test_label_fraction_is_stratified_and_fixed_by_the_seed():

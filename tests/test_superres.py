@@ -51,6 +51,13 @@ def test_psnr_and_ssim_known_values_and_scikit_image():
         ours = metrics.ssim(torch.from_numpy(x)[None, None], torch.from_numpy(b)[None, None], torch.tensor([1.0]))
         assert ours.item() == pytest.approx(expected, abs=1e-6)
     assert metrics.ssim(blurred, ref).mean() < 0.9
+    # the sky-noise ceiling: a point source on sky of 1% of the range is a 40 dB bound
+    from plots.superres_eval import noise_ceiling_psnr
+    sky = np.zeros((4, 1, 64, 64))
+    sky[:, 0, 30, 30] = 1.0
+    sky += 0.01 * rng.standard_normal(sky.shape)
+    assert noise_ceiling_psnr(sky) == pytest.approx(40.0, abs=1.0)
+    assert np.isnan(noise_ceiling_psnr(np.zeros((2, 1, 32, 32))))
 
 
 # --------------------------------------------------------------------------- the reader
@@ -122,6 +129,7 @@ def test_superres_train_evaluate_predict_and_bad_input(tmp_path):
         assert np.isfinite(summary[key]), key
     assert summary["psnr_gain_db"] == pytest.approx(summary["psnr_model"] - summary["psnr_bicubic"], abs=1e-6)
     assert {"mean", "rms", "flux_ratio_median"} <= set(summary["residuals"]["model"])
+    assert np.isfinite(summary["noise_ceiling_psnr"])
     for png in ("examples.png", "psnr_ssim_vs_bicubic.png"):
         assert os.path.getsize(run / "eval_test" / png) > 10_000
     with open(run / "eval_test" / "per_image_metrics.csv") as f:
@@ -133,6 +141,21 @@ def test_superres_train_evaluate_predict_and_bad_input(tmp_path):
     with open(tmp_path / "sr.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 30 and np.load(rows[0]["output"]).shape == (1, 32, 32)
+    # FITS inputs give FITS outputs with the header kept and the WCS on the finer pixels
+    from astropy.io import fits
+    (tmp_path / "fits_in").mkdir()
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": -5.0, "CRPIX1": 8.0,
+                          "CRPIX2": 8.5, "CDELT1": -1e-5, "CDELT2": 1e-5, "BUNIT": "counts"})
+    for i in range(2):
+        fits.PrimaryHDU(np.load(tmp_path / "pairs" / "LR" / f"img{i:03d}.npy")[0], header=header).writeto(
+            tmp_path / "fits_in" / f"lr{i}.fits")
+    r = run_script("predict.py", "--runs", str(run), "--input", str(tmp_path / "fits_in"), "--output",
+                   str(tmp_path / "f.csv"), "--image-dir", str(tmp_path / "f_sr"), *FAST)
+    assert r.returncode == 0, r.stderr
+    with fits.open(tmp_path / "f_sr" / "lr1.fits") as hdul:
+        h = hdul[0].header
+        assert hdul[0].data.shape == (32, 32) and h["BUNIT"] == "counts"
+        assert (h["CRPIX1"], h["CRPIX2"], h["CDELT2"]) == (15.5, 16.5, 5e-6)
     # bad input, one line each
     write_pairs(tmp_path / "unpaired", n=4)
     os.remove(tmp_path / "unpaired" / "LR" / "img001.npy")
