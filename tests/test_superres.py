@@ -130,6 +130,7 @@ def test_superres_train_evaluate_predict_and_bad_input(tmp_path):
     assert summary["psnr_gain_db"] == pytest.approx(summary["psnr_model"] - summary["psnr_bicubic"], abs=1e-6)
     assert {"mean", "rms", "flux_ratio_median"} <= set(summary["residuals"]["model"])
     assert np.isfinite(summary["noise_ceiling_psnr"])
+    assert summary["psnr_bicubic_affine_oracle"] >= summary["psnr_bicubic"] - 1e-6  # least squares never loses
     for png in ("examples.png", "psnr_ssim_vs_bicubic.png"):
         assert os.path.getsize(run / "eval_test" / png) > 10_000
     with open(run / "eval_test" / "per_image_metrics.csv") as f:
