@@ -44,8 +44,10 @@ def pair_folders(root):
 
 
 def listing_key(path) -> str:
-    """Hash of a source's files' names, sizes and mtimes (a changed folder is never served stale)."""
-    h = hashlib.sha1(os.path.abspath(path).encode())
+    """Hash of a source's files' names, sizes and mtimes (a changed folder is never served stale);
+    the same for a relative and an absolute spelling of the path."""
+    path = os.path.abspath(path)
+    h = hashlib.sha1(path.encode())
     folders = [d for d in pair_folders(path) if d] if os.path.isdir(path) else [path]
     for folder in folders:
         for name in (image_files(folder) if os.path.isdir(folder) else [""]):
