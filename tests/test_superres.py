@@ -61,13 +61,13 @@ def test_psnr_and_ssim_known_values_and_scikit_image():
 
 
 # --------------------------------------------------------------------------- the reader
-def test_pair_reader_and_its_errors(tmp_path):
+def test_pair_reader_and_its_errors(tmp_path, monkeypatch):
     lr, hr = write_pairs(tmp_path / "ok", n=4)
     arrays, report = sr_pairs.load_pairs(str(tmp_path / "ok"), progress=False)
     np.testing.assert_array_equal(arrays["lr"], lr)
     np.testing.assert_array_equal(arrays["hr"], hr)
     assert arrays["ids"].tolist() == ["img000", "img001", "img002", "img003"]
-    os.chdir(tmp_path)  # a run records the absolute path: its key must not depend on the spelling
+    monkeypatch.chdir(tmp_path)  # a run records the absolute path: its key must not depend on the spelling
     assert sr_pairs.listing_key("ok") == sr_pairs.listing_key(str(tmp_path / "ok"))
     os.remove(tmp_path / "ok" / "HR" / "img002.npy")
     with pytest.raises(sr_pairs.PairError, match=r"LR/img002.npy: no .*HR/img002.npy of the same name"):
