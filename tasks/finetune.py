@@ -70,8 +70,9 @@ def name_suffix(args) -> str:
 
 
 def is_main() -> bool:
-    """Whether this process reports (rank 0 of torchrun, or a single process)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Whether this process reports (rank 0 of torchrun or SLURM, or a single process)."""
+    from engine.distributed import _env_int
+    return _env_int("RANK", "SLURM_PROCID", default=0) == 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -153,11 +154,11 @@ def build_classifier(args, stats, n_outputs: int):
         keep = [f"{n}." for n, m in model.net.named_modules() if m is head or n == "fc_norm"]
         target, prefix = model.net, "net."
     loaded = load_encoder(target, mae["state"], mae["path"], keep)
-    if args.linear_probe:
+    if args.linear_probe:  # the loaded encoder stays frozen; the new head trains
+        params = dict(target.named_parameters())
         for name in loaded:
-            param = dict(target.named_parameters()).get(name)
-            if param is not None:
-                param.requires_grad_(False)
+            if name in params:
+                params[name].requires_grad_(False)
     if is_main():
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"--init-from {mae['path']}: loaded {len(loaded)} encoder tensors into {prefix}*; "

@@ -66,6 +66,8 @@ def check_train_args(args):
     if args.model not in MODELS:
         raise TaskError(f"--task superres: unknown model {args.model!r}; choose from {', '.join(MODELS)} (bicubic "
                         "is the baseline evaluate.py reports)")
+    if args.input_size:
+        raise TaskError("--input-size: super-resolution works at the pairs' own sizes")
     if args.max_shift or args.noise:
         raise TaskError("--max-shift / --noise: super-resolution pairs are augmented by the D4 symmetries only")
     if args.sr_features < 1 or args.sr_blocks < 0:

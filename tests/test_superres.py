@@ -171,6 +171,8 @@ def test_superres_train_evaluate_predict_and_bad_input(tmp_path):
     assert "times one integer factor" in line
     line = one_error_line(run_script(*base, "--data", str(tmp_path / "pairs"), "--model", "bicubic"), "train.py")
     assert "nothing to train" in line
+    line = one_error_line(run_script(*base, "--data", str(tmp_path / "pairs"), "--input-size", "64"), "train.py")
+    assert "--input-size" in line
     line = one_error_line(run_script(*base, "--data", str(tmp_path / "pairs" / "LR")), "train.py")
     assert "no LR/ and HR/ folders" in line
     np.save(tmp_path / "lr_other.npy", np.zeros((1, 20, 20), np.float32))
