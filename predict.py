@@ -4,6 +4,9 @@
     python predict.py --runs results/d64_l4_hier_patch_transformer_baseline_s42 --input ob140939_OGLE.dat
     # an ensemble over a folder of text files and HDF5 files
     python predict.py --runs results/run_a results/run_b --input photometry/ --output predictions.csv
+    # events seen by several telescopes: one folder per event (one file per telescope), or --event
+    python predict.py --runs results/run_a --input events/ --event-folders --output events.csv
+    python predict.py --runs results/run_a --event OGLE-I.dat KMTC-I.dat KMTS-I.dat --output event.csv
 
     # lens finding, the challenge's submission (id,pred), as the seed spelled it
     python predict.py --run-dirs runs/convnext_tiny runs/vit_small --test-root test_dataset/ \\
@@ -47,8 +50,13 @@ def get_args_parser():
     p = OneLineErrorParser("predict.py", description=__doc__.split("\n")[0])
     p.add_argument("--runs", "--run-dirs", nargs="+", required=True,
                    help="run directories or checkpoint files (an ensemble)")
-    p.add_argument("--input", "--test-root", nargs="+", required=True,
+    p.add_argument("--input", "--test-root", nargs="+", default=[],
                    help="files or folders: HDF5, photometry (microlensing); FITS roots, .npy folders, HDF5 (lens)")
+    p.add_argument("--event", nargs="+", action="append", metavar="FILE",
+                   help="microlensing: the photometry files of one event (one per telescope or band), combined "
+                        "into one prediction; repeat for more events")
+    p.add_argument("--event-folders", action="store_true",
+                   help="microlensing: every --input folder (or each of its subfolders) is one event of its files")
     p.add_argument("--output", "--out-csv", default="predictions.csv")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--batch-size", type=int, default=256)
@@ -70,6 +78,8 @@ def get_args_parser():
 
 def main(args):
     args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.input and not args.event:
+        raise PredictError("give --input files or folders (or, for microlensing, --event FILE [FILE ...])")
     try:
         runs = [load_run(r, None, args.checkpoint) for r in args.runs]
     except CheckpointError as err:
@@ -80,6 +90,8 @@ def main(args):
             raise PredictError(f"{path}: a run of task {name!r}; the ensemble's first member is {tasks[0]!r}")
     if tasks[0] not in TASKS:
         raise PredictError(f"{runs[0][2]}: a run of unknown task {tasks[0]!r}")
+    if (args.event or args.event_folders) and tasks[0] != "microlensing":
+        raise PredictError(f"--event / --event-folders group light curves; these are {tasks[0]} runs")
     header, rows, n_skipped = get_task(tasks[0]).predict(runs, args)
     write_csv(args.output, header, rows)  # whole, at the end: a failed run leaves no partial CSV
     print(f"wrote {len(rows)} predictions from {len(runs)} run(s) to {args.output}"

@@ -22,15 +22,17 @@ import numpy as np
 
 N_CHANNELS = 4
 MASK_CHANNEL = 3
+FEATURE_SETS = {"basic": 4, "pspl_residual": 6}  # name -> channels
 LN10 = np.log(10.0)
 
 
-def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float):
+def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: bool = False):
     """Bin curves sharing one time grid.
 
     time (L,) days; mag, mag_err (N, L), NaN where not observed.
     Returns flux, flux_err (N, n_bins) relative to each curve's median magnitude (NaN in empty
-    bins) and observed (N, n_bins) bool.
+    bins) and observed (N, n_bins) bool; with fit_model, also the best PSPL fit to the epochs
+    inside the grid, binned with the same weights (N, n_bins), and its baseline flux (N,).
     """
     time = np.asarray(time, dtype=np.float64)
     mag = np.atleast_2d(np.asarray(mag, dtype=np.float64))
@@ -56,13 +58,24 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     with np.errstate(all="ignore"):
         binned = np.where(observed, sum_wf / sum_w, np.nan)
         binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
-    return binned, binned_err, observed
+    if not fit_model:
+        return binned, binned_err, observed
+    from physics.microlensing.fit import fit_pspl, pspl_numpy
+    f_in = np.where(good[:, inside], flux[:, inside], np.nan)
+    with np.errstate(all="ignore"):
+        fit = fit_pspl(time[inside], f_in, np.where(weight[:, inside] > 0, weight[:, inside], np.nan) ** -0.5)
+    model = fit["fs"][:, :1] * pspl_numpy(time[inside], fit) + fit["fb"][:, :1]       # (N, L_inside)
+    sum_wm = np.bincount(flat, weights=w * model.ravel(), minlength=N * n_bins).reshape(N, n_bins)
+    with np.errstate(all="ignore"):
+        binned_model = np.where(observed, sum_wm / sum_w, np.nan)
+    return binned, binned_err, observed, binned_model, fit["fs"][:, 0] + fit["fb"][:, 0]
 
 
-def features_from_bins(flux, flux_err, observed) -> np.ndarray:
-    """(N, T) binned flux, error, observed → (N, T, 4) float32 features (see module docstring)."""
+def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None) -> np.ndarray:
+    """(N, T) binned flux, error, observed [, binned PSPL model, its baseline (N,)] →
+    (N, T, 4) or (N, T, 6) float32 features (see module docstring)."""
     N, T = flux.shape
-    out = np.zeros((N, T, N_CHANNELS), dtype=np.float32)
+    out = np.zeros((N, T, N_CHANNELS if model is None else 6), dtype=np.float32)
     with np.errstate(all="ignore"):
         baseline = np.nanpercentile(np.where(observed, flux, np.nan), 25, axis=1, keepdims=True)
         log_ratio = np.log10(flux / baseline)
@@ -77,12 +90,26 @@ def features_from_bins(flux, flux_err, observed) -> np.ndarray:
     out[..., MASK_CHANNEL] = observed
     bad = observed & ~np.isfinite(out[..., :3]).all(axis=-1)
     out[bad] = 0.0                                                          # e.g. a 0-flux bin: treat as missing
+    if model is not None:
+        with np.errstate(all="ignore"):
+            pull = np.arcsinh((flux - model) / flux_err)
+            shape = np.log10(model / np.asarray(model_baseline)[:, None])
+        ok = observed & ~bad
+        out[..., 4] = np.where(ok & np.isfinite(pull), pull, 0.0)
+        out[..., 5] = np.where(ok & np.isfinite(shape), shape, 0.0)      # a failed fit: no residual signal
     return out
 
 
-def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float) -> np.ndarray:
-    """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4) float32."""
-    return features_from_bins(*bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days))
+def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float,
+                         residuals: bool = False) -> np.ndarray:
+    """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4), or 6 with residuals, float32."""
+    return features_from_bins(*bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals))
+
+
+def grid_features(time, mag, mag_err, t_start: float, grid: dict) -> np.ndarray:
+    """Features on a run's grid (n_bins, bin_days, feature set; runs without one are `basic`)."""
+    return light_curve_features(time, mag, mag_err, t_start, grid["n_bins"], grid["bin_days"],
+                                residuals=grid.get("features", "basic") == "pspl_residual")
 
 
 def grid_size(season_days: float, bin_minutes: float) -> tuple[int, float]:
@@ -91,16 +118,22 @@ def grid_size(season_days: float, bin_minutes: float) -> tuple[int, float]:
     return int(round(season_days / bin_days)), bin_days
 
 
+def _value_channels(n_channels: int) -> list:
+    return [c for c in range(n_channels) if c != MASK_CHANNEL]
+
+
 def feature_stats(features: np.ndarray, rows=None, block: int = 2048) -> dict:
-    """Mean and std of channels 0-2 over observed bins of the given rows (the training split)."""
+    """Mean and std of every channel but the mask over observed bins of the given rows (the
+    training split)."""
     rows = np.arange(len(features)) if rows is None else np.sort(np.asarray(rows))
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
+    channels = _value_channels(features.shape[-1])
+    total = np.zeros(len(channels))
+    total_sq = np.zeros(len(channels))
     count = 0.0
     for i in range(0, len(rows), block):
         x = np.asarray(features[rows[i:i + block]], dtype=np.float64)
         m = x[..., MASK_CHANNEL] > 0.5
-        v = x[..., :3][m]
+        v = x[..., channels][m]
         total += v.sum(axis=0)
         total_sq += (v ** 2).sum(axis=0)
         count += len(v)
@@ -115,12 +148,16 @@ def feature_stats(features: np.ndarray, rows=None, block: int = 2048) -> dict:
 
 
 def normalize(x, stats: dict):
-    """A standardised copy of a (..., 4) torch tensor: channels 0-2 scaled, masked bins kept at 0."""
+    """A standardised copy of a (..., C) torch tensor: every channel but the mask scaled, masked
+    bins kept at 0."""
     import torch
     mean = torch.tensor(stats["mean"], dtype=x.dtype, device=x.device)
     std = torch.tensor(stats["std"], dtype=x.dtype, device=x.device)
-    mask = x[..., MASK_CHANNEL:]
-    return torch.cat([(x[..., :3] - mean) / std * mask, mask], dim=-1)
+    if len(stats["mean"]) != x.shape[-1] - 1:
+        raise ValueError(f"features have {x.shape[-1]} channels, the statistics {len(stats['mean'])} + mask")
+    mask = x[..., MASK_CHANNEL:MASK_CHANNEL + 1]
+    scaled = (x[..., _value_channels(x.shape[-1])] - mean) / std * mask
+    return torch.cat([scaled[..., :MASK_CHANNEL], mask, scaled[..., MASK_CHANNEL:]], dim=-1)
 
 
 def truncate(time, mag, mag_err, fraction: float, season_days: float):

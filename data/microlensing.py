@@ -5,6 +5,7 @@ model sees real and simulated curves the same way.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from data import microlensing_h5 as mlh5
 from data.cache import SharedArrays, cache_key
-from data.lightcurves import grid_size, light_curve_features
+from data.lightcurves import FEATURE_SETS, grid_features, grid_size
 from data.photometry import PhotometryError, is_photometry_file, read_photometry, season_window
 
 TASK = "microlensing"
@@ -29,14 +30,16 @@ def grid_from_args(args) -> dict:
     """The feature grid a run uses, stored in its config and reused by evaluate and predict."""
     n_bins, bin_days = grid_size(args.season_days, args.bin_minutes)
     return {"season_days": float(args.season_days), "bin_minutes": float(args.bin_minutes),
-            "n_bins": n_bins, "bin_days": bin_days}
+            "n_bins": n_bins, "bin_days": bin_days, "features": args.features}
 
 
 def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = True,
-                truncate_fraction: float | None = None):
-    """Features (N, T, 4) float16, labels (N,) and params of the given rows of a simulator file.
+                truncate_fraction: float | None = None, survey_seed: int | None = None):
+    """Features (N, T, C) float16, labels (N,) and params of the given rows of a simulator file.
 
     truncate_fraction: keep only epochs up to that fraction of the season (early detection).
+    survey_seed: features of a ground-survey version of each curve (data.survey_augment), row
+    r's version fixed by (survey_seed, r).
     """
     try:
         f = mlh5.open_checked(path)
@@ -50,7 +53,7 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
         n = len(f["labels"])
         rows = np.arange(n) if rows is None else np.asarray(rows)
         order = np.argsort(rows, kind="stable")
-        features = np.zeros((len(rows), grid["n_bins"], 4), dtype=np.float16)
+        features = np.zeros((len(rows), grid["n_bins"], FEATURE_SETS[grid.get("features", "basic")]), dtype=np.float16)
         last = time <= truncate_fraction * season if truncate_fraction is not None else slice(None)
         bar = tqdm(total=len(rows), desc=f"features {os.path.basename(str(path))}", unit="ev",
                    disable=not progress, leave=False)
@@ -59,8 +62,9 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
                 sel = order[i:i + block]
                 idx = rows[sel]
                 mag, err = f["mag"][idx], f["mag_err"][idx]  # h5py needs increasing indices: sorted
-                features[sel] = light_curve_features(time[last], mag[:, last], err[:, last], 0.0,
-                                                     grid["n_bins"], grid["bin_days"])
+                if survey_seed is not None:
+                    mag, err = _ground(f, survey_seed, idx, time, mag, err)
+                features[sel] = grid_features(time[last], mag[:, last], err[:, last], 0.0, grid)
                 bar.update(len(idx))
             labels = f["labels"][:][rows].astype(np.int64)
             params = f["params"][:][rows]
@@ -73,25 +77,42 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
     return features, labels, params
 
 
-def cached_h5(path, grid: dict, info, cache_dir=None, progress: bool = True) -> SharedArrays:
-    """The whole file's features and labels in the node's shared RAM cache."""
+def _ground(f, seed, idx, time, mag, err):
+    """Ground-survey versions of rows idx (data.survey_augment), keeping their significant epochs."""
+    from data.survey_augment import ground_block
+    from physics.microlensing.survey import NoiseModel, lensing_snr
+    p = f["params"][idx]
+    cfg = json.loads(f.attrs["config"]) if "config" in f.attrs else {}
+    noise = NoiseModel(**cfg.get("noise", {}))
+    with np.errstate(all="ignore"):
+        significant = lensing_snr(noise, p["m_base"], p["fs"], f["magnification"][idx]) >= cfg.get("min_snr", 5.0)
+    return ground_block(seed, idx, time, mag, err, significant & np.isfinite(mag))
+
+
+def cached_h5(path, grid: dict, info, cache_dir=None, progress: bool = True, survey_seed: int | None = None) -> SharedArrays:
+    """The whole file's features and labels in the node's shared RAM cache; with survey_seed,
+    also `features_ground`, the features of every curve's ground-survey version."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    key = cache_key(path, {"task": TASK, **grid})
+    key = cache_key(path, {"task": TASK, **grid, "survey_seed": survey_seed})
 
     def build():
         features, labels, params = h5_features(path, grid, progress=progress and info.is_main)
-        return {"features": features, "labels": labels, "u0": params["u0"], "t0": params["t0"]}
+        out = {"features": features, "labels": labels, "u0": params["u0"], "t0": params["t0"]}
+        if survey_seed is not None:
+            out["features_ground"] = h5_features(path, grid, progress=progress and info.is_main,
+                                                 survey_seed=survey_seed)[0]
+        return out
     return SharedArrays(key, build, info, cache_dir)
 
 
-def gather(arrays: SharedArrays, indices) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch (B, T, 4) float32 and labels (B,) from the cache, in the order of `indices`."""
+def gather(arrays: SharedArrays, indices, key: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch (B, T, C) float32 and labels (B,) from the cache, in the order of `indices`."""
     indices = np.asarray(indices)
     order = np.argsort(indices, kind="stable")
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    x = np.asarray(arrays["features"][indices[order]], dtype=np.float32)[inverse]
+    x = np.asarray(arrays[key][indices[order]], dtype=np.float32)[inverse]
     y = np.asarray(arrays["labels"][indices], dtype=np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
 
@@ -115,8 +136,73 @@ def file_features(path, grid: dict, progress: bool = True):
     except PhotometryError as e:
         raise DataError(str(e)) from None
     start = season_window(time, mag, grid["season_days"])
-    features = light_curve_features(time, mag[None], err[None], start, grid["n_bins"], grid["bin_days"])
+    features = grid_features(time, mag[None], err[None], start, grid)
     if features[0, :, 3].sum() < 3:
         raise DataError(f"{path}: fewer than 3 observed bins in the {grid['season_days']:g}-day window")
     return features.astype(np.float16), [os.path.basename(path)], [{"window_start": start,
                                                                      "n_epochs": int(len(time))}]
+
+
+def event_features(paths, grid: dict, name: str | None = None):
+    """Features (1, T, C) of one event observed by several telescopes (or in several bands),
+    one photometry file each, and its info dict.
+
+    Each file keeps its own flux scale and blending: one point-lens fit shares t0, tE and u0
+    over the files and gives each its own source and blend fluxes (physics.microlensing.fit),
+    which map every file onto the photometric system of the file with the most epochs in the
+    window. The merged curve then goes through the features of a single curve. The window is
+    the season-long one around that reference file's brightest point. A file with no epochs in
+    the time span of the reference file cannot be tied to it and is an error."""
+    from physics.microlensing.fit import fit_pspl
+    paths = [str(p) for p in paths]
+    name = name or "+".join(os.path.basename(p) for p in paths)
+    curves = []
+    for path in paths:
+        if not is_photometry_file(path):
+            raise DataError(f"{path}: event {name}: not a photometry file (time, magnitude, error in .dat, .txt, "
+                            ".csv or .tbl, optionally .gz)")
+        try:
+            curves.append(read_photometry(path))
+        except PhotometryError as e:
+            raise DataError(f"event {name}: {e}") from None
+    if len(curves) == 1:
+        return file_features(paths[0], grid)[0], {"window_start": season_window(*curves[0][:2], grid["season_days"]),
+                                                 "n_epochs": len(curves[0][0]), "n_files": 1}
+    ref = int(np.argmax([len(c[0]) for c in curves]))
+    start = season_window(curves[ref][0], curves[ref][1], grid["season_days"])
+    stop = start + grid["n_bins"] * grid["bin_days"]
+    inside = [(t >= start) & (t < stop) for t, _, _ in curves]
+    t_ref = curves[ref][0][inside[ref]]
+    for k, ((t, _, _), m) in enumerate(zip(curves, inside)):
+        if m.sum() < 3:
+            raise DataError(f"{paths[k]}: event {name}: {m.sum()} epochs in the {grid['season_days']:g}-day window "
+                            f"({start:.2f}-{stop:.2f}) of {os.path.basename(paths[ref])}; need at least 3")
+        if k != ref and (t[m].max() < t_ref.min() or t[m].min() > t_ref.max()):
+            raise DataError(f"{paths[k]}: event {name}: no overlap in time with {os.path.basename(paths[ref])} "
+                            f"({t[m].min():.2f}-{t[m].max():.2f} vs {t_ref.min():.2f}-{t_ref.max():.2f}): "
+                            "their flux scales cannot be tied")
+    time = np.concatenate([t[m] for (t, _, _), m in zip(curves, inside)])
+    tel = np.concatenate([np.full(m.sum(), k) for k, m in enumerate(inside)])
+    flux, err = [], []
+    for (t, mag, e), m in zip(curves, inside):
+        f = 10.0 ** (-0.4 * (mag[m] - np.median(mag[m])))
+        flux.append(f)
+        err.append(0.4 * np.log(10.0) * f * e[m])
+    flux, err = np.concatenate(flux), np.concatenate(err)
+    fit = fit_pspl(time, flux[None], err[None], telescope=tel[None])
+    fs, fb = fit["fs"][0], fit["fb"][0]
+    ok = (fs > 0) & (fs > 1e-3 * np.abs(fb))  # a telescope whose fluxes carry the event
+    if ok[ref] and ok.all():
+        scale = fs[ref] / fs[tel]
+        aligned = (flux - fb[tel]) * scale + fb[ref]
+    else:  # no lensing signal to tie the scales: match baselines instead
+        scale = (fs[ref] + fb[ref]) / (fs[tel] + fb[tel])
+        aligned = flux * scale
+    aligned_err = err * np.abs(scale)
+    good = aligned > 0
+    order = np.argsort(time[good], kind="stable")
+    mag = -2.5 * np.log10(aligned[good][order])
+    mag_err = 2.5 / np.log(10.0) * aligned_err[good][order] / aligned[good][order]
+    features = grid_features(time[good][order], mag[None], mag_err[None], start, grid)
+    return features.astype(np.float16), {"window_start": float(start), "n_epochs": int(good.sum()),
+                                         "n_files": len(paths)}

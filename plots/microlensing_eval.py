@@ -217,6 +217,40 @@ def u0_dependency_plot(u0, y_true, y_pred, path, target_class=2, n_bins=10, colo
             "lower": _floats(lo), "upper": _floats(hi)}
 
 
+def dchi2_recall_plot(dchi2, model_correct, oracle_correct, edges, labels, path, colors=None) -> dict:
+    """Binary recall of the model and of the true-model oracle in the Δχ² bins given by `edges`
+    (Δχ² = χ²(best PSPL fit) − χ²(true model)), Wilson 68% error bars, events per bin marked;
+    below, the Δχ² histogram of the binary events. Returns {"labels", "count", "model", "oracle"}."""
+    colors = _colors(colors)
+    dchi2 = np.asarray(dchi2, dtype=float)
+    which = np.digitize(dchi2, edges, right=True)
+    nb = len(labels)
+    count = np.bincount(which, minlength=nb)[:nb]
+    out = {"labels": list(labels), "count": count.tolist()}
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(6.5, 5.5), height_ratios=(2, 1), sharex=True)
+    x = np.arange(nb)
+    for name, correct, color, offset in (("model", model_correct, colors[2], -0.06),
+                                         ("oracle", oracle_correct, "0.4", 0.06)):
+        hits = np.bincount(which, weights=np.asarray(correct, float), minlength=nb)[:nb]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rec = hits / count
+            lo, hi = _wilson(hits, count)
+        ax.errorbar(x + offset, rec, yerr=[rec - lo, hi - rec], fmt="o-" if name == "model" else "s--",
+                    color=color, capsize=3, label=name)
+        out[name] = _floats(rec)
+    for xi, n in zip(x, count):
+        ax.annotate(f"n={n}", (xi, 1.04), ha="center", fontsize=7)
+    ax.set(ylabel="binary recall", ylim=(-0.05, 1.12), title="binary recall vs Δχ² of the best PSPL fit")
+    ax.legend(loc="lower right", fontsize=8)
+    finite = dchi2[np.isfinite(dchi2)]
+    hx.bar(x, count, color=colors[2], alpha=0.6)
+    hx.set(xticks=x, xticklabels=labels, xlabel="Δχ² = χ²(PSPL fit) − χ²(true)", ylabel="binaries")
+    if len(finite):
+        hx.set_title(f"median Δχ² {np.median(finite):.0f}", fontsize=8)
+    _save(fig, path)
+    return out
+
+
 def _ks(a, b) -> dict:
     if len(a) < 2 or len(b) < 2:
         return {"statistic": NAN, "pvalue": NAN}

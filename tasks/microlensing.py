@@ -10,16 +10,18 @@ import argparse
 import os
 
 import numpy as np
+import torch
 
 from data import microlensing as task_data
 from data import microlensing_h5 as mlh5
-from data.lightcurves import feature_stats, light_curve_features, normalize, truncate
+from data.lightcurves import FEATURE_SETS, feature_stats, normalize
 from data.photometry import is_photometry_file
 from engine import distributed
 from engine.inference import predict_log_probs
 from models import create_model, list_models, model_kwargs
 from models.layers import ClassifierLoss
 from tasks import TaskError, TrainData, stratified_split
+from tasks.microlensing_eval import add_evaluate_args, compare_columns, evaluate  # noqa: F401 (task contract)
 
 TASK = task_data.TASK
 CLASS_NAMES = task_data.CLASS_NAMES
@@ -28,9 +30,9 @@ COMPARE_METRIC = "auroc_macro"  # evaluate.py --compare plots it against trainin
 DEFAULTS = dict(model="patch_transformer", epochs=30, batch_size=64, lr=5e-4, weight_decay=1e-4,
                 warmup_epochs=1.0, val_fraction=0.1, test_fraction=0.1, dropout=0.1)
 IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",
-                 "use_aux_head", "patch_size", "season_days", "bin_minutes", "data_fingerprint", "seed",
+                 "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "survey_augment",
+                 "data_fingerprint", "seed",
                  "val_fraction", "test_fraction")
-DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 # --------------------------------------------------------------------------- train.py
@@ -38,6 +40,13 @@ def add_train_args(parser):
     g = parser.add_argument_group("microlensing (--task microlensing)")
     g.add_argument("--season-days", type=float, default=72.0)
     g.add_argument("--bin-minutes", type=float, default=120.0, help="feature grid step in minutes (15 = full Roman cadence)")
+    g.add_argument("--features", choices=tuple(FEATURE_SETS), default="pspl_residual",
+                   help="pspl_residual: the basic channels plus the residual from each curve's best point-lens fit "
+                        "(data/lightcurves.py); basic: flux, gap, error and mask only")
+    g.add_argument("--survey-augment", type=float, default=0.0, metavar="P",
+                   help="fraction of curves seen at a ground-survey cadence (OGLE/MOA/KMTNet-like sampling, nightly "
+                        "and weather gaps, rescaled errors, outliers: data/survey_augment.py), so one model serves "
+                        "dense Roman and sparse ground data; 0 = off")
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
@@ -60,6 +69,8 @@ def check_train_args(args):
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.survey_augment <= 1.0:
+        raise TaskError(f"--survey-augment must be in [0, 1], got {args.survey_augment}")
     if not args.data:
         raise TaskError("--data FILE (a simulator HDF5 file) is required for --task microlensing")
     if not os.path.isfile(args.data):
@@ -82,7 +93,8 @@ def data_identity(args) -> dict:
 def load_train_data(args, info) -> TrainData:
     grid = task_data.grid_from_args(args)
     try:
-        arrays = task_data.cached_h5(args.data, grid, info, args.cache_dir, not args.no_progress)
+        arrays = task_data.cached_h5(args.data, grid, info, args.cache_dir, not args.no_progress,
+                                     survey_seed=args.seed if args.survey_augment > 0 else None)
     except task_data.DataError as err:
         raise TaskError(str(err)) from None
     return TrainData(arrays, np.asarray(arrays["labels"]), {"grid": grid, "unit": "events"})
@@ -98,14 +110,26 @@ def fit_stats(data, split, args, info):
 
 
 def make_fetch(data, stats, args, device, train: bool):
+    """Batches of normalised features; with --survey-augment P a fraction P of them from the
+    curves' ground-survey versions: random in training, a fixed coin per row in validation."""
+    p = args.survey_augment
+    coin = np.random.default_rng(args.seed + 1).random(len(data.labels))
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rng = np.random.default_rng([args.seed, 2, rank])
+
     def fetch(indices):
         x, y = task_data.gather(data.arrays, indices)
+        if p > 0:
+            ground = (rng.random(len(indices)) if train else coin[np.asarray(indices)]) < p
+            if ground.any():
+                x[torch.from_numpy(ground)] = task_data.gather(data.arrays, np.asarray(indices)[ground],
+                                                               "features_ground")[0]
         return normalize(x, stats), y
     return fetch
 
 
 def build_model(args, data, stats):
-    kwargs = model_kwargs(args.model, dict(vars(args), in_channels=4, n_classes=3))
+    kwargs = model_kwargs(args.model, dict(vars(args), in_channels=data.arrays["features"].shape[-1], n_classes=3))
     return create_model(args.model, **kwargs), args.model, kwargs
 
 
@@ -121,142 +145,6 @@ def val_metrics(y, log_probs) -> dict:
 
 def checkpoint_extras(data, stats, args) -> dict:
     return {"grid": data.meta["grid"]}
-
-
-# --------------------------------------------------------------------------- evaluate.py
-def add_evaluate_args(parser):
-    g = parser.add_argument_group("microlensing")
-    g.add_argument("--early-detection", action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS),
-                   help="fractions of the season observed for the early-detection curve")
-    g.add_argument("--n-evolution-per-type", type=int, default=2, help="probability-evolution plots per class")
-
-
-def select_rows(ckpt, data_path):
-    """Rows to evaluate: the test split when data_path is the training file, else all rows."""
-    with mlh5.open_checked(data_path) as f:
-        n = len(f["labels"])
-    config = ckpt["config"]
-    if "data_fingerprint" in config:  # same content at any path (e.g. a copy staged to /dev/shm)
-        same = mlh5.fingerprint(data_path) == config["data_fingerprint"]
-    else:
-        same = os.path.abspath(data_path) == config.get("data_abs")
-    if same:
-        rows = ckpt["split"]["test"].numpy()
-        if len(rows) == 0:
-            raise TaskError(f"{data_path}: the run's test split is empty (trained with --test-fraction 0)")
-        return rows, "test split"
-    return np.arange(n), "all rows"
-
-
-def metrics_summary(y, probs, pred):
-    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
-    out = {"accuracy": float((pred == y).mean()), "n_events": int(len(y)),
-           "precision_macro": float(precision_score(y, pred, average="macro", zero_division=0)),
-           "recall_macro": float(recall_score(y, pred, average="macro", zero_division=0)),
-           "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0))}
-    if len(np.unique(y)) == 3:
-        out["auroc_macro"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
-        out["auroc_weighted"] = float(roc_auc_score(y, probs, multi_class="ovr", average="weighted"))
-    rng = np.random.default_rng(0)
-    boot = [(pred[i] == y[i]).mean() for i in (rng.integers(0, len(y), len(y)) for _ in range(1000))]
-    out["accuracy_ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
-    return out
-
-
-def evaluate(ckpt, model, ckpt_path, args) -> dict:
-    """Metrics and plots of a run on its test split or on every event of another file."""
-    from plots import microlensing_eval as plots
-    run_dir = os.path.dirname(os.path.abspath(ckpt_path))
-    grid, stats, names = ckpt["grid"], ckpt["stats"], tuple(ckpt["class_names"])
-    data_path = args.data[0] if args.data else ckpt["config"]["data_abs"]
-    if not os.path.isfile(data_path):
-        raise TaskError(f"{data_path}: no such file")
-    try:
-        rows, what = select_rows(ckpt, data_path)
-        features, y, params = task_data.h5_features(data_path, grid, rows, progress=not args.no_progress)
-    except (mlh5.SchemaError, task_data.DataError) as err:
-        raise TaskError(str(err)) from None
-    out_dir = args.out_dir or os.path.join(run_dir, f"eval_{os.path.splitext(os.path.basename(data_path))[0]}")
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}) on {data_path} ({what}, {len(y)} events)", flush=True)
-
-    def log_probs_of(feats, desc="predict"):
-        return predict_log_probs(model, feats, stats, args.batch_size, args.device, not args.no_progress, desc)
-
-    probs = np.exp(log_probs_of(features))
-    pred = probs.argmax(1)
-    colors = plots.palette(args.colorblind_safe)
-    P = lambda name: os.path.join(out_dir, name)  # noqa: E731
-    summary = {"run": run_dir, "checkpoint": ckpt_path, "epoch": int(ckpt["epoch"]), "data": os.path.abspath(data_path),
-               "rows": what, "model": ckpt["model_name"], "metrics": metrics_summary(y, probs, pred)}
-    summary["confusion"] = plots.confusion_matrix_plot(y, pred, names, P("confusion_matrix.png"), colors=colors)
-    summary["roc"] = plots.roc_plot(y, probs, names, P("roc_curves.png"), n_bootstrap=args.n_bootstrap,
-                                    seed=args.seed, colors=colors)
-    summary["calibration"] = plots.reliability_plot(y, probs, P("calibration.png"), colors=colors)
-    summary["metrics"]["ece"] = summary["calibration"]["ece"]
-    summary["per_class"] = plots.per_class_metrics_plot(y, pred, names, P("per_class_metrics.png"), colors=colors)
-    summary["u0_dependency"] = plots.u0_dependency_plot(params["u0"], y, pred, P("u0_dependency.png"), colors=colors)
-    summary["t0_check"] = plots.t0_check_plot(params["t0"], y, pred, names, P("temporal_bias_check.png"),
-                                              season_days=grid["season_days"], colors=colors)
-    np.savez(P("predictions.npz"), rows=rows, y_true=y, y_pred=pred, probs=probs, u0=params["u0"], t0=params["t0"],
-             class_names=np.array(names))
-
-    raw = mlh5.load(data_path, np.sort(rows[_examples(y, 4 * max(args.n_evolution_per_type, 3), args.seed)]))
-    acc = []
-    if args.early_detection:
-        per_class = {n: [] for n in names}
-        for frac in args.fractions:
-            feats, _, _ = task_data.h5_features(data_path, grid, rows, progress=False, truncate_fraction=frac)
-            p = log_probs_of(feats, f"early {frac:.0%}").argmax(1)
-            acc.append(float((p == y).mean()))
-            for c, n in enumerate(names):
-                per_class[n].append(float((p[y == c] == c).mean()) if (y == c).any() else float("nan"))
-        summary["early_detection"] = plots.early_detection_plot(args.fractions, acc, P("early_detection_curve.png"),
-                                                                per_class=per_class, class_names=names, colors=colors)
-        summary["evolution"] = _evolution_plots(raw, grid, log_probs_of, names, args.n_evolution_per_type, P, colors)
-    raw_pred = np.exp(log_probs_of(light_curve_features(raw["time"], raw["mag"], raw["mag_err"], 0.0,
-                                                        grid["n_bins"], grid["bin_days"])))
-    plots.example_grid(raw["time"], raw["mag"], raw["mag_err"], raw["labels"].astype(int), raw_pred.argmax(1),
-                       raw_pred, names, P("example_light_curves.png"), seed=args.seed, colors=colors)
-    m = summary["metrics"]
-    recall = ", ".join(f"{n} {summary['per_class'][n]['recall']:.3f}" for n in names)
-    early = " | early detection " + ", ".join(f"{f:.0%}: {a:.3f}" for f, a in zip(args.fractions, acc)) if acc else ""
-    summary["headline"] = (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] "
-                           f"| recall {recall} | ECE {m['ece']:.3f}{early}")
-    summary["out_dir"] = out_dir
-    return summary
-
-
-def _examples(y, n_per_class, seed):
-    """Positions (into the evaluated rows) of up to n_per_class random events per class."""
-    rng = np.random.default_rng(seed)
-    picks = [rng.permutation(np.flatnonzero(y == c))[:n_per_class] for c in np.unique(y)]
-    return np.concatenate(picks) if picks else np.zeros(0, int)
-
-
-def _evolution_plots(raw, grid, log_probs_of, names, n_per_class, P, colors, n_steps=24):
-    """Probabilities of a few events as the season is observed, each from its truncated curve."""
-    from plots import microlensing_eval as plots
-    fractions = np.linspace(1.0 / n_steps, 1.0, n_steps)
-    result = {}
-    labels = raw["labels"].astype(int)
-    for c, name in enumerate(names):
-        for k, i in enumerate(np.flatnonzero(labels == c)[:n_per_class]):
-            cuts = [truncate(raw["time"], raw["mag"][i], raw["mag_err"][i], f, grid["season_days"]) for f in fractions]
-            mags, errs = np.stack([m for m, _ in cuts]), np.stack([e for _, e in cuts])
-            probs = np.exp(log_probs_of(light_curve_features(raw["time"], mags, errs, 0.0, grid["n_bins"],
-                                                             grid["bin_days"]), "evolution"))
-            result[f"{name}_{k}"] = plots.evolution_plot(
-                raw["time"], raw["mag"][i], raw["mag_err"][i], fractions, probs, c, names,
-                P(f"evolution_{name}_{k}.png"), title=f"{name} event {k}", colors=colors)
-    return result
-
-
-def compare_columns(summary) -> dict:
-    """What evaluate.py --compare shows of a run's evaluation."""
-    m = summary["metrics"]
-    return {"accuracy": m["accuracy"], "auroc_macro": m.get("auroc_macro", float("nan")), "ece": m["ece"]}
 
 
 # --------------------------------------------------------------------------- predict.py
@@ -276,22 +164,56 @@ def input_files(paths):
     return files
 
 
+def input_events(args):
+    """What to predict: [(id, [files])]. A plain input is one item per file (an HDF5 file gives a
+    row per event); with --event-folders every folder is one event of its photometry files
+    (one file per telescope or band); each --event FILE... is one event."""
+    items = []
+    for path in args.input:
+        if getattr(args, "event_folders", False) and os.path.isdir(path):
+            subdirs = sorted(d for d in (os.path.join(path, n) for n in os.listdir(path)) if os.path.isdir(d))
+            for folder in subdirs or [path]:
+                files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if is_photometry_file(f))
+                if not files:
+                    raise TaskError(f"{folder}: no photometry files in this event folder")
+                items.append((os.path.basename(os.path.normpath(folder)), files))
+        else:
+            items += [(None, [f]) for f in input_files([path])]
+    for files in getattr(args, "event", None) or []:
+        for f in files:
+            if not os.path.isfile(f):
+                raise TaskError(f"{f}: no such file (in --event)")
+        items.append((None, files))
+    if not items:
+        raise TaskError("nothing to predict: give --input files or folders, or --event FILE [FILE ...]")
+    return items
+
+
+def _features(ident, files, grid, progress):
+    """(features, ids, infos) of one input item."""
+    if len(files) == 1 and ident is None:
+        return task_data.file_features(files[0], grid, progress=progress)
+    features, info = task_data.event_features(files, grid, ident)
+    return features, [ident or "+".join(os.path.basename(f) for f in files)], [info]
+
+
 def predict(runs, args):
-    """(header, rows, skipped): probabilities averaged over the runs, one row per light curve."""
+    """(header, rows, skipped): probabilities averaged over the runs, one row per light curve or
+    multi-file event."""
     import json
     import sys
 
     from tqdm import tqdm
     names = tuple(runs[0][0]["class_names"])
-    files = input_files(args.input)
+    items = input_events(args)
     rows, bad = [], []
-    for path in tqdm(files, desc="files", disable=args.no_progress or len(files) < 2):
+    for ident, files in tqdm(items, desc="files", disable=args.no_progress or len(items) < 2):
         log_probs, by_grid = [], {}  # members sharing a feature grid share one read of the file
         try:
             for ckpt, model, _ in runs:
                 key = json.dumps(ckpt["grid"], sort_keys=True)
                 if key not in by_grid:
-                    by_grid[key] = task_data.file_features(path, ckpt["grid"], progress=not args.no_progress)
+                    by_grid[key] = _features(ident, files, ckpt["grid"], not args.no_progress)
                 feats, ids, infos = by_grid[key]
                 log_probs.append(predict_log_probs(model, feats, ckpt["stats"], args.batch_size, args.device))
         except task_data.DataError as err:
@@ -301,12 +223,11 @@ def predict(runs, args):
             print(f"predict.py: skipped: {err}", file=sys.stderr)
             continue
         probs = np.mean([np.exp(lp) for lp in log_probs], axis=0)  # ensemble: average probabilities
-        for i, ident in enumerate(ids):
-            rows.append([ident, *(f"{p:.6f}" for p in probs[i]), names[int(probs[i].argmax())],
+        for i, ident_i in enumerate(ids):
+            rows.append([ident_i, *(f"{p:.6f}" for p in probs[i]), names[int(probs[i].argmax())],
                          f"{infos[i]['window_start']:.5f}"])
     header = ["id", *(f"p_{n}" for n in names), "class", "window_start"]
     if len(rows) <= 10:
         for r in rows:
             print("  " + "  ".join(r[:1] + [f"{n}={v}" for n, v in zip(names, r[1:4])] + [r[4]]))
     return header, rows, len(bad)
-

@@ -87,6 +87,34 @@ def test_features_follow_physics():
     assert g[int(36 / bin_days) + 1:].sum() == 0 and g[:int(36 / bin_days), 3].all()
 
 
+def test_residual_features_show_an_anomaly_and_not_a_single_lens():
+    """pspl_residual channels: pulls from the best point-lens fit are noise for a single lens
+    and large where a short anomaly sits on it; the fitted shape follows the magnification."""
+    import torch
+
+    from data.lightcurves import normalize
+    from physics.microlensing.single import pspl_magnification
+    rng = np.random.default_rng(0)
+    n_bins, bin_days = grid_size(72.0, 120.0)
+    t = np.arange(0, 72, 15 / 1440)
+    A = pspl_magnification(t, 36.0, 12.0, 0.1)
+    anomaly = A * (1 + 0.05 * np.exp(-0.5 * ((t - 40.0) / 0.15) ** 2))   # a 5% bump of a few hours
+    mags = 20 - 2.5 * np.log10(np.stack([A, anomaly])) + 0.005 * rng.standard_normal((2, len(t)))
+    f = light_curve_features(t, mags, np.full((2, len(t)), 0.005), 0.0, n_bins, bin_days, residuals=True)
+    assert f.shape == (2, n_bins, 6)
+    near = slice(int(39.5 / bin_days), int(40.5 / bin_days))
+    pulls = np.sinh(f[..., 4])
+    assert np.sqrt(np.mean(pulls[0] ** 2)) < 1.5            # single lens: residuals are noise
+    assert np.abs(pulls[1, near]).max() > 10                 # the anomaly stands out by > 10 sigma
+    assert np.abs(np.delete(pulls[1], np.r_[near], axis=0)).max() < 6
+    peak = int(36.0 / bin_days)
+    assert abs(f[0, peak, 5] - np.log10(A[int(36.0 / (15 / 1440))])) < 0.02  # the fitted shape
+    stats = feature_stats(f)
+    assert len(stats["mean"]) == 5
+    x = normalize(torch.from_numpy(f), stats)
+    assert torch.equal(x[..., 3], torch.from_numpy(f[..., 3]))  # the mask is kept as it is
+
+
 def test_window_of_a_long_curve():
     t = np.arange(0, 2000, 1.0)
     m = np.full(len(t), 18.0)

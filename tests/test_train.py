@@ -108,13 +108,20 @@ def test_seed_quick_start_commands(tmp_path):
     summary = json.load(open(out / "evaluation_summary.json"))
     assert summary["rows"] == "test split" and summary["metrics"]["n_events"] == 30
     for png in ("confusion_matrix", "roc_curves", "calibration", "per_class_metrics", "u0_dependency",
-                "temporal_bias_check", "early_detection_curve", "example_light_curves", "evolution_flat_0"):
+                "temporal_bias_check", "early_detection_curve", "example_light_curves", "evolution_flat_0",
+                "recall_vs_dchi2"):
         assert (out / f"{png}.png").stat().st_size > 1000, png
     pred = np.load(out / "predictions.npz")
     split = np.load(code / "results" / runs[0] / "split.npz")
     assert np.array_equal(pred["rows"], split["test"])
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
     assert len(summary["early_detection"]["accuracy"]) == 6
+    # the Δχ² ceiling: binary recall per bin for model and oracle, kept next to the data
+    c = summary["ceiling"]
+    assert sum(b["n"] for b in c["model_binary_recall"].values()) == int((pred["y_true"] == 2).sum())
+    assert 0 <= c["oracle_accuracy"] <= 1 and set(c["oracle_binary_recall"]) == set(c["bins"])
+    assert (tmp_path / "data" / "raw" / "test.h5.dchi2.npz").is_file()
+    assert "oracle accuracy" in summary["headline"]
 
 
 def test_seed_long_command(tmp_path, tiny_h5):

@@ -3,8 +3,10 @@
 No shortcuts between classes:
 - every star (source magnitude, blending) comes from one distribution, whatever its class;
   flat events are the same stars with no lensing;
-- PSPL and binary events draw t0, tE and u0 from the same distributions (the preset's u0
-  range applies to both lensed classes) and pass the same detectability cut;
+- PSPL and binary events draw t0, tE, u0 and the source radius rho from the same
+  distributions (the preset's u0 range applies to both lensed classes) and pass the same
+  detectability cut; single-lens events have finite sources too (ESPL), so a rounded peak
+  where u0 ~ rho is no sign of a binary;
 - the noise model and missing epochs are the same for all classes.
 
 Randomness is per block of `BLOCK_SIZE` rows, seeded by (seed, block index), so a block's
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from physics.microlensing.binary import AdaptiveBinaryLightCurve, AdaptiveSettings
-from physics.microlensing.single import pspl_magnification
+from physics.microlensing.single import espl_magnification
 from physics.microlensing.survey import NoiseModel, Season, min_detectable_magnification, observe
 
 CLASS_NAMES = ("flat", "pspl", "binary")
@@ -31,7 +33,7 @@ PARAMS_DTYPE = np.dtype([
     ("alpha", "f8"),     # trajectory angle, radians (binary only)
     ("s", "f8"),         # lens separation, Einstein radii (binary only)
     ("q", "f8"),         # mass ratio m2/m1 (binary only)
-    ("rho", "f8"),       # source radius, Einstein radii (binary only: PSPL is a point source)
+    ("rho", "f8"),       # source radius, Einstein radii (uniform disk; single lens: ESPL)
     ("m_source", "f8"),  # source magnitude, AB W146
     ("fs", "f8"),        # source flux fraction at baseline, F_s / (F_s + F_blend)
     ("m_base", "f8"),    # baseline magnitude of source + blend
@@ -116,11 +118,11 @@ def draw_lensed(rng, cfg: EventConfig, n: int, binary: bool):
     p["t0"] = _uniform(rng, cfg.t0_fraction, n) * cfg.season.length_days
     p["tE"] = _log_uniform(rng, cfg.tE, n)
     p["u0"] = _uniform(rng, preset.u0, n)
+    p["rho"] = _log_uniform(rng, cfg.rho, n)
     if binary:
         p["alpha"] = rng.uniform(0.0, 2.0 * np.pi, n)
         p["s"] = _log_uniform(rng, preset.s, n)
         p["q"] = _log_uniform(rng, preset.q, n)
-        p["rho"] = _log_uniform(rng, cfg.rho, n)
     return p
 
 
@@ -165,8 +167,8 @@ class EventSimulator:
                         amp.append(a[0])
                 cand, amp = cand[take], np.array(amp, dtype=np.float32).reshape(len(take), len(self.t))
             else:
-                amp = pspl_magnification(self.t, cand["t0"][:, None], cand["tE"][:, None], cand["u0"][:, None],
-                                         dtype=np.float32)
+                amp = espl_magnification(self.t, cand["t0"][:, None], cand["tE"][:, None], cand["u0"][:, None],
+                                         cand["rho"][:, None], dtype=np.float32)
                 ok = np.flatnonzero(detectable(cfg, cand, amp))[:len(todo)]
                 cand, amp = cand[ok], amp[ok]
             done = todo[:len(cand)]

@@ -1,0 +1,186 @@
+"""evaluate.py for --task microlensing: metrics, the Δχ² ceiling, early detection and plots."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from data import microlensing as task_data
+from data import microlensing_ceiling as ceiling
+from data import microlensing_h5 as mlh5
+from data.lightcurves import grid_features, truncate
+from engine.inference import predict_log_probs
+from tasks import TaskError
+
+DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def add_evaluate_args(parser):
+    g = parser.add_argument_group("microlensing")
+    g.add_argument("--early-detection", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS),
+                   help="fractions of the season observed for the early-detection curve")
+    g.add_argument("--n-evolution-per-type", type=int, default=2, help="probability-evolution plots per class")
+    g.add_argument("--survey", choices=("as-simulated", "ground"), default="as-simulated",
+                   help="ground: evaluate ground-survey versions of the curves (data/survey_augment.py), drawn "
+                        "with --survey-seed, which differs from the seed training augmentation used")
+    g.add_argument("--survey-seed", type=int, default=1000)
+    g.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="binary recall per Δχ² bin (χ² of the best PSPL fit − χ² of the true model) and the "
+                        "accuracy of the oracle that knows it; kept in <data>.dchi2.npz once computed")
+
+
+def select_rows(ckpt, data_path):
+    """Rows to evaluate: the test split when data_path is the training file, else all rows."""
+    with mlh5.open_checked(data_path) as f:
+        n = len(f["labels"])
+    config = ckpt["config"]
+    if "data_fingerprint" in config:  # same content at any path (e.g. a copy staged to /dev/shm)
+        same = mlh5.fingerprint(data_path) == config["data_fingerprint"]
+    else:
+        same = os.path.abspath(data_path) == config.get("data_abs")
+    if same:
+        rows = ckpt["split"]["test"].numpy()
+        if len(rows) == 0:
+            raise TaskError(f"{data_path}: the run's test split is empty (trained with --test-fraction 0)")
+        return rows, "test split"
+    return np.arange(n), "all rows"
+
+
+def metrics_summary(y, probs, pred):
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+    out = {"accuracy": float((pred == y).mean()), "n_events": int(len(y)),
+           "precision_macro": float(precision_score(y, pred, average="macro", zero_division=0)),
+           "recall_macro": float(recall_score(y, pred, average="macro", zero_division=0)),
+           "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0))}
+    if len(np.unique(y)) == 3:
+        out["auroc_macro"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+        out["auroc_weighted"] = float(roc_auc_score(y, probs, multi_class="ovr", average="weighted"))
+    rng = np.random.default_rng(0)
+    boot = [(pred[i] == y[i]).mean() for i in (rng.integers(0, len(y), len(y)) for _ in range(1000))]
+    out["accuracy_ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    return out
+
+
+def evaluate(ckpt, model, ckpt_path, args) -> dict:
+    """Metrics and plots of a run on its test split or on every event of another file."""
+    from plots import microlensing_eval as plots
+    run_dir = os.path.dirname(os.path.abspath(ckpt_path))
+    grid, stats, names = ckpt["grid"], ckpt["stats"], tuple(ckpt["class_names"])
+    data_path = args.data[0] if args.data else ckpt["config"]["data_abs"]
+    if not os.path.isfile(data_path):
+        raise TaskError(f"{data_path}: no such file")
+    survey_seed = args.survey_seed if args.survey == "ground" else None
+    try:
+        rows, what = select_rows(ckpt, data_path)
+        what += ", ground-survey versions" if survey_seed is not None else ""
+        features, y, params = task_data.h5_features(data_path, grid, rows, progress=not args.no_progress,
+                                                    survey_seed=survey_seed)
+    except (mlh5.SchemaError, task_data.DataError) as err:
+        raise TaskError(str(err)) from None
+    suffix = "_ground" if survey_seed is not None else ""
+    out_dir = args.out_dir or os.path.join(run_dir, f"eval_{os.path.splitext(os.path.basename(data_path))[0]}{suffix}")
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}) on {data_path} ({what}, {len(y)} events)", flush=True)
+
+    def log_probs_of(feats, desc="predict"):
+        return predict_log_probs(model, feats, stats, args.batch_size, args.device, not args.no_progress, desc)
+
+    probs = np.exp(log_probs_of(features))
+    pred = probs.argmax(1)
+    colors = plots.palette(args.colorblind_safe)
+    P = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    summary = {"run": run_dir, "checkpoint": ckpt_path, "epoch": int(ckpt["epoch"]), "data": os.path.abspath(data_path),
+               "rows": what, "model": ckpt["model_name"], "metrics": metrics_summary(y, probs, pred)}
+    summary["confusion"] = plots.confusion_matrix_plot(y, pred, names, P("confusion_matrix.png"), colors=colors)
+    summary["roc"] = plots.roc_plot(y, probs, names, P("roc_curves.png"), n_bootstrap=args.n_bootstrap,
+                                    seed=args.seed, colors=colors)
+    summary["calibration"] = plots.reliability_plot(y, probs, P("calibration.png"), colors=colors)
+    summary["metrics"]["ece"] = summary["calibration"]["ece"]
+    summary["per_class"] = plots.per_class_metrics_plot(y, pred, names, P("per_class_metrics.png"), colors=colors)
+    summary["u0_dependency"] = plots.u0_dependency_plot(params["u0"], y, pred, P("u0_dependency.png"), colors=colors)
+    if args.ceiling and survey_seed is None:  # the Δχ² are those of the curves as simulated
+        summary["ceiling"] = _ceiling(data_path, rows, y, pred, out_dir, P, colors, not args.no_progress)
+    summary["t0_check"] = plots.t0_check_plot(params["t0"], y, pred, names, P("temporal_bias_check.png"),
+                                              season_days=grid["season_days"], colors=colors)
+    np.savez(P("predictions.npz"), rows=rows, y_true=y, y_pred=pred, probs=probs, u0=params["u0"], t0=params["t0"],
+             class_names=np.array(names))
+
+    raw = mlh5.load(data_path, np.sort(rows[_examples(y, 4 * max(args.n_evolution_per_type, 3), args.seed)]))
+    acc = []
+    if args.early_detection:
+        per_class = {n: [] for n in names}
+        for frac in args.fractions:
+            feats, _, _ = task_data.h5_features(data_path, grid, rows, progress=False, truncate_fraction=frac,
+                                                survey_seed=survey_seed)
+            p = log_probs_of(feats, f"early {frac:.0%}").argmax(1)
+            acc.append(float((p == y).mean()))
+            for c, n in enumerate(names):
+                per_class[n].append(float((p[y == c] == c).mean()) if (y == c).any() else float("nan"))
+        summary["early_detection"] = plots.early_detection_plot(args.fractions, acc, P("early_detection_curve.png"),
+                                                                per_class=per_class, class_names=names, colors=colors)
+        summary["evolution"] = _evolution_plots(raw, grid, log_probs_of, names, args.n_evolution_per_type, P, colors)
+    raw_pred = np.exp(log_probs_of(grid_features(raw["time"], raw["mag"], raw["mag_err"], 0.0, grid)))
+    plots.example_grid(raw["time"], raw["mag"], raw["mag_err"], raw["labels"].astype(int), raw_pred.argmax(1),
+                       raw_pred, names, P("example_light_curves.png"), seed=args.seed, colors=colors)
+    m = summary["metrics"]
+    recall = ", ".join(f"{n} {summary['per_class'][n]['recall']:.3f}" for n in names)
+    early = " | early detection " + ", ".join(f"{f:.0%}: {a:.3f}" for f, a in zip(args.fractions, acc)) if acc else ""
+    ceil = ""
+    if "ceiling" in summary:
+        c = summary["ceiling"]
+        ceil = (f" | oracle accuracy {c['oracle_accuracy']:.4f}; binary recall by Δχ² "
+                + ", ".join(f"{k}: {v['recall']:.2f}" for k, v in c["model_binary_recall"].items()))
+    summary["headline"] = (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] "
+                           f"| recall {recall} | ECE {m['ece']:.3f}{ceil}{early}")
+    summary["out_dir"] = out_dir
+    return summary
+
+
+def _ceiling(data_path, rows, y, pred, out_dir, P, colors, progress) -> dict:
+    """Model vs the true-model oracle, per Δχ² bin (data.microlensing_ceiling); Δχ² kept in a sidecar."""
+    from plots import microlensing_eval as plots
+    try:
+        d = ceiling.annotations(data_path, rows, fallback_dir=out_dir, progress=progress)
+    except mlh5.SchemaError as err:
+        raise TaskError(str(err)) from None
+    out = ceiling.ceiling_summary(y, pred, d["dchi2_pspl"], d["dchi2_flat"])
+    binary = y == 2
+    oracle = ceiling.oracle_predictions(d["dchi2_pspl"], d["dchi2_flat"], y)
+    out["plot"] = plots.dchi2_recall_plot(d["dchi2_pspl"][binary], pred[binary] == 2, oracle[binary] == 2,
+                                          ceiling.BINS, ceiling.BIN_LABELS, P("recall_vs_dchi2.png"), colors=colors)
+    np.savez(P("dchi2.npz"), rows=rows, **d)
+    return out
+
+
+def _examples(y, n_per_class, seed):
+    """Positions (into the evaluated rows) of up to n_per_class random events per class."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(y == c))[:n_per_class] for c in np.unique(y)]
+    return np.concatenate(picks) if picks else np.zeros(0, int)
+
+
+def _evolution_plots(raw, grid, log_probs_of, names, n_per_class, P, colors, n_steps=24):
+    """Probabilities of a few events as the season is observed, each from its truncated curve."""
+    from plots import microlensing_eval as plots
+    fractions = np.linspace(1.0 / n_steps, 1.0, n_steps)
+    result = {}
+    labels = raw["labels"].astype(int)
+    for c, name in enumerate(names):
+        for k, i in enumerate(np.flatnonzero(labels == c)[:n_per_class]):
+            cuts = [truncate(raw["time"], raw["mag"][i], raw["mag_err"][i], f, grid["season_days"]) for f in fractions]
+            mags, errs = np.stack([m for m, _ in cuts]), np.stack([e for _, e in cuts])
+            probs = np.exp(log_probs_of(grid_features(raw["time"], mags, errs, 0.0, grid), "evolution"))
+            result[f"{name}_{k}"] = plots.evolution_plot(
+                raw["time"], raw["mag"][i], raw["mag_err"][i], fractions, probs, c, names,
+                P(f"evolution_{name}_{k}.png"), title=f"{name} event {k}", colors=colors)
+    return result
+
+
+def compare_columns(summary) -> dict:
+    """What evaluate.py --compare shows of a run's evaluation."""
+    m = summary["metrics"]
+    return {"accuracy": m["accuracy"], "auroc_macro": m.get("auroc_macro", float("nan")), "ece": m["ece"]}
+
+

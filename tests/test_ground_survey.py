@@ -1,0 +1,134 @@
+"""Ground-survey augmentation and events observed by several telescopes (real survey photometry)."""
+import numpy as np
+import pytest
+
+from data import microlensing as task_data
+from data.survey_augment import ground_block, ground_survey
+from physics.microlensing.single import pspl_magnification
+from tests.conftest import run_script
+
+GRID = {"season_days": 72.0, "bin_minutes": 120.0, "n_bins": 864, "bin_days": 120 / 1440, "features": "pspl_residual"}
+
+
+def test_ground_versions_only_remove_epochs_and_keep_the_signal(tiny_h5):
+    from data import microlensing_h5 as mlh5
+    d = mlh5.load(tiny_h5)
+    rows = np.arange(len(d["labels"]))
+    dense, labels, params = task_data.h5_features(tiny_h5, GRID, rows, progress=False)
+    ground, labels_g, params_g = task_data.h5_features(tiny_h5, GRID, rows, progress=False, survey_seed=5)
+    assert np.array_equal(labels, labels_g) and params.tobytes() == params_g.tobytes()  # labels, events unchanged
+    assert ground.shape == dense.shape
+    seen_dense, seen_ground = dense[..., 3] > 0, ground[..., 3] > 0
+    assert not (seen_ground & ~seen_dense).any()          # epochs are only ever removed
+    assert seen_ground.sum() < 0.7 * seen_dense.sum()     # nights, weather and cadence thin the season
+    # every lensed curve keeps observed bins around its peak's neighbourhood of significant signal
+    from physics.microlensing.survey import NoiseModel, lensing_snr
+    for i in np.flatnonzero(labels > 0):
+        m, e = ground_block(5, [i], d["time"], d["mag"][i:i + 1], d["mag_err"][i:i + 1],
+                            lensing_snr(NoiseModel(), d["params"]["m_base"][i:i + 1], d["params"]["fs"][i:i + 1],
+                                        d["magnification"][i:i + 1]) >= 5)
+        sig = lensing_snr(NoiseModel(), d["params"]["m_base"][i:i + 1], d["params"]["fs"][i:i + 1],
+                          d["magnification"][i:i + 1])[0] >= 5
+        assert (np.isfinite(m[0]) & sig).sum() >= 3
+        t_obs = d["time"][np.isfinite(m[0])]
+        assert 0 <= t_obs.min() and t_obs.max() <= 72.0 and 0 < params["t0"][i] < 72.0
+    # a row's version depends on (seed, row) only, not on which rows are read with it
+    one, _, _ = task_data.h5_features(tiny_h5, GRID, [7], progress=False, survey_seed=5)
+    np.testing.assert_array_equal(one[0], ground[7])
+
+
+def test_ground_survey_rescales_errors_and_adds_outliers():
+    rng = np.random.default_rng(0)
+    t = np.arange(0, 72, 15 / 1440)
+    mag = np.full(len(t), 19.0, np.float32)
+    err = np.full(len(t), 0.01, np.float32)
+    ratios, n_obs = [], []
+    for _ in range(40):
+        m, e = ground_survey(rng, t, mag, err)
+        ok = np.isfinite(m)
+        assert np.array_equal(ok, np.isfinite(e))
+        ratios.append(np.median(e[ok]) / np.sqrt(0.01 ** 2 + np.var(m[ok][np.abs(m[ok] - 19) < 0.2])))
+        n_obs.append(ok.sum() / 72)
+    assert min(ratios) < 0.8 and max(ratios) > 1.25     # reported errors both under- and over-estimate
+    assert min(n_obs) < 5 and max(n_obs) > 40           # from a few epochs a day to dense coverage
+
+
+def _telescope_file(path, t, A, m_base, fs, sigma, rng):
+    mag = m_base - 2.5 * np.log10(fs * A + 1 - fs) + sigma * rng.standard_normal(len(t))
+    np.savetxt(path, np.c_[t + 2450000.0, mag, np.full(len(t), sigma)], fmt="%.6f")
+
+
+def test_event_of_two_telescopes_is_tied_into_one_curve(tmp_path):
+    """Two telescopes see one event with their own baselines and blending: after the joint fit
+    their fluxes lie on one curve (residual pulls are noise), unlike a plain concatenation."""
+    rng = np.random.default_rng(2)
+    ta = np.sort(rng.uniform(8000, 8072, 500))
+    tb = np.sort(rng.uniform(8010, 8060, 300))
+    A = lambda t: pspl_magnification(t, 8036.0, 15.0, 0.08)  # noqa: E731
+    _telescope_file(tmp_path / "ogle.dat", ta, A(ta), 18.0, 0.4, 0.01, rng)
+    _telescope_file(tmp_path / "kmt.dat", tb, A(tb), 19.3, 0.9, 0.01, rng)
+    files = [str(tmp_path / "ogle.dat"), str(tmp_path / "kmt.dat")]
+    feats, info = task_data.event_features(files, GRID, "ev")
+    assert feats.shape == (1, 864, 6) and info["n_files"] == 2 and info["n_epochs"] == 800
+    pulls = np.sinh(feats[0, :, 4].astype(np.float64))[feats[0, :, 3] > 0]
+    assert np.sqrt(np.mean(pulls ** 2)) < 2.0
+    both = tmp_path / "both.dat"
+    both.write_text(open(files[0]).read() + open(files[1]).read())
+    naive, _, _ = task_data.file_features(str(both), GRID, progress=False)
+    naive_pulls = np.sinh(naive[0, :, 4].astype(np.float64))[naive[0, :, 3] > 0]
+    assert np.sqrt(np.mean(naive_pulls ** 2)) > 5 * np.sqrt(np.mean(pulls ** 2))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_h5):
+    out = tmp_path_factory.mktemp("runs")
+    r = run_script("train.py", "--data", tiny_h5, "--output", str(out), "--epochs", "1", "--experiment-name", "g",
+                   "--survey-augment", "0.5", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return str(out / "g")
+
+
+def test_predict_events_from_folders_and_event_groups(tmp_path, run_dir):
+    rng = np.random.default_rng(3)
+    for ev in ("ev1", "ev2"):
+        (tmp_path / "events" / ev).mkdir(parents=True)
+        t = np.sort(rng.uniform(8000, 8072, 300))
+        for name, m_base, fs in (("ogle.dat", 18.0, 0.5), ("kmt.dat", 18.7, 0.8)):
+            _telescope_file(tmp_path / "events" / ev / name, t, pspl_magnification(t, 8036.0, 10.0, 0.1), m_base, fs,
+                            0.01, rng)
+    out = tmp_path / "p.csv"
+    r = run_script("predict.py", "--runs", run_dir, "--input", str(tmp_path / "events"), "--event-folders",
+                   "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(out)))
+    assert [row["id"] for row in rows] == ["ev1", "ev2"]
+    r = run_script("predict.py", "--runs", run_dir, "--event", str(tmp_path / "events/ev1/ogle.dat"),
+                   str(tmp_path / "events/ev1/kmt.dat"), "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 1 and rows[0]["id"] == "ogle.dat+kmt.dat"
+    assert abs(sum(float(rows[0][k]) for k in ("p_flat", "p_pspl", "p_binary")) - 1) < 1e-4
+
+
+def test_bad_events_give_one_line(tmp_path, run_dir):
+    rng = np.random.default_rng(4)
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    t = np.sort(rng.uniform(8000, 8072, 300))
+    _telescope_file(ev / "ogle.dat", t, pspl_magnification(t, 8036.0, 10.0, 0.1), 18.0, 0.5, 0.01, rng)
+    (ev / "broken.dat").write_text("8001.0 18.0 0.01\n8002.0 abc 0.01\n")
+    r = run_script("predict.py", "--runs", run_dir, "--input", str(tmp_path), "--event-folders", "--output",
+                   str(tmp_path / "p.csv"), "--no-progress")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "broken.dat" in lines[0] and "not numeric" in lines[0], r.stderr
+    assert not (tmp_path / "p.csv").exists()
+    (ev / "broken.dat").unlink()
+    late = np.sort(rng.uniform(8040, 8072, 100))        # another band, seen only after the first file ends
+    _telescope_file(ev / "v_band.dat", late, pspl_magnification(late, 8036.0, 10.0, 0.1), 19.0, 0.5, 0.01, rng)
+    _telescope_file(ev / "ogle.dat", t[t < 8030], pspl_magnification(t[t < 8030], 8036.0, 10.0, 0.1), 18.0, 0.5,
+                    0.01, rng)
+    r = run_script("predict.py", "--runs", run_dir, "--input", str(ev), "--event-folders", "--output",
+                   str(tmp_path / "p.csv"), "--no-progress")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "no overlap in time" in lines[0], r.stderr
