@@ -251,6 +251,8 @@ def main(args):
     extra_metrics = getattr(criterion, "metric_names", ())  # e.g. PSNR (train_<name>, val_<name>)
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
+        if hasattr(train_fetch, "set_epoch"):  # a task whose batches depend on the epoch (augmented copies)
+            train_fetch.set_epoch(epoch)
         order = np.asarray(split["train"])[list(sampler)]
         batches = rank_batches(order, args.batch_size)
         timer = Timer()

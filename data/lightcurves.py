@@ -60,11 +60,11 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
         binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
     if not fit_model:
         return binned, binned_err, observed
-    from physics.microlensing.fit import fit_pspl, pspl_numpy
+    from physics.microlensing.fit import fit_pspl
     f_in = np.where(good[:, inside], flux[:, inside], np.nan)
     with np.errstate(all="ignore"):
         fit = fit_pspl(time[inside], f_in, np.where(weight[:, inside] > 0, weight[:, inside], np.nan) ** -0.5)
-    model = fit["fs"][:, :1] * pspl_numpy(time[inside], fit) + fit["fb"][:, :1]       # (N, L_inside)
+    model = fit["model"]                                                    # (N, L_inside) fitted flux
     sum_wm = np.bincount(flat, weights=w * model.ravel(), minlength=N * n_bins).reshape(N, n_bins)
     with np.errstate(all="ignore"):
         binned_model = np.where(observed, sum_wm / sum_w, np.nan)

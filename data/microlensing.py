@@ -34,10 +34,11 @@ def grid_from_args(args) -> dict:
 
 
 def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = True,
-                truncate_fraction: float | None = None, survey_seed: int | None = None):
+                truncate_fraction=None, survey_seed: int | None = None):
     """Features (N, T, C) float16, labels (N,) and params of the given rows of a simulator file.
 
-    truncate_fraction: keep only epochs up to that fraction of the season (early detection).
+    truncate_fraction: keep only epochs up to that fraction of the season (early detection),
+    one for all rows or (N,) one per row; the features (and fit) see only those epochs.
     survey_seed: features of a ground-survey version of each curve (data.survey_augment), row
     r's version fixed by (survey_seed, r).
     """
@@ -54,7 +55,8 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
         rows = np.arange(n) if rows is None else np.asarray(rows)
         order = np.argsort(rows, kind="stable")
         features = np.zeros((len(rows), grid["n_bins"], FEATURE_SETS[grid.get("features", "basic")]), dtype=np.float16)
-        last = time <= truncate_fraction * season if truncate_fraction is not None else slice(None)
+        per_row = truncate_fraction is not None and np.ndim(truncate_fraction) > 0
+        last = time <= truncate_fraction * season if truncate_fraction is not None and not per_row else slice(None)
         bar = tqdm(total=len(rows), desc=f"features {os.path.basename(str(path))}", unit="ev",
                    disable=not progress, leave=False)
         try:
@@ -64,6 +66,9 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
                 mag, err = f["mag"][idx], f["mag_err"][idx]  # h5py needs increasing indices: sorted
                 if survey_seed is not None:
                     mag, err = _ground(f, survey_seed, idx, time, mag, err)
+                if per_row:
+                    late = time[None, :] > np.asarray(truncate_fraction)[sel][:, None] * season
+                    mag, err = np.where(late, np.nan, mag), np.where(late, np.nan, err)
                 features[sel] = grid_features(time[last], mag[:, last], err[:, last], 0.0, grid)
                 bar.update(len(idx))
             labels = f["labels"][:][rows].astype(np.int64)
@@ -89,19 +94,33 @@ def _ground(f, seed, idx, time, mag, err):
     return ground_block(seed, idx, time, mag, err, significant & np.isfinite(mag))
 
 
-def cached_h5(path, grid: dict, info, cache_dir=None, progress: bool = True, survey_seed: int | None = None) -> SharedArrays:
+TRUNCATE_RANGE = (0.1, 1.0)  # fractions of the season a truncated training copy keeps
+
+
+def truncation_fractions(seed: int, n: int) -> np.ndarray:
+    """(n,) fraction of the season row r's truncated copy keeps, fixed by (seed, r)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(8,))).uniform(*TRUNCATE_RANGE, n)
+
+
+def cached_h5(path, grid: dict, info, cache_dir=None, progress: bool = True, survey_seed: int | None = None,
+              truncate_seed: int | None = None) -> SharedArrays:
     """The whole file's features and labels in the node's shared RAM cache; with survey_seed,
-    also `features_ground`, the features of every curve's ground-survey version."""
+    also `features_ground`, the features of every curve's ground-survey version; with
+    truncate_seed, `features_truncated`, those of every curve cut at a random fraction of the
+    season (its own fit), for early detection."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    key = cache_key(path, {"task": TASK, **grid, "survey_seed": survey_seed})
+    key = cache_key(path, {"task": TASK, **grid, "survey_seed": survey_seed, "truncate_seed": truncate_seed})
 
     def build():
-        features, labels, params = h5_features(path, grid, progress=progress and info.is_main)
+        show = progress and info.is_main
+        features, labels, params = h5_features(path, grid, progress=show)
         out = {"features": features, "labels": labels, "u0": params["u0"], "t0": params["t0"]}
         if survey_seed is not None:
-            out["features_ground"] = h5_features(path, grid, progress=progress and info.is_main,
-                                                 survey_seed=survey_seed)[0]
+            out["features_ground"] = h5_features(path, grid, progress=show, survey_seed=survey_seed)[0]
+        if truncate_seed is not None:
+            out["features_truncated"] = h5_features(path, grid, progress=show,
+                                                    truncate_fraction=truncation_fractions(truncate_seed, len(labels)))[0]
         return out
     return SharedArrays(key, build, info, cache_dir)
 

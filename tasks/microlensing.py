@@ -31,8 +31,7 @@ DEFAULTS = dict(model="patch_transformer", epochs=30, batch_size=64, lr=5e-4, we
                 warmup_epochs=1.0, val_fraction=0.1, test_fraction=0.1, dropout=0.1)
 IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",
                  "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "survey_augment",
-                 "data_fingerprint", "seed",
-                 "val_fraction", "test_fraction")
+                 "truncate_augment", "data_fingerprint", "seed", "val_fraction", "test_fraction")
 
 
 # --------------------------------------------------------------------------- train.py
@@ -47,6 +46,9 @@ def add_train_args(parser):
                    help="fraction of curves seen at a ground-survey cadence (OGLE/MOA/KMTNet-like sampling, nightly "
                         "and weather gaps, rescaled errors, outliers: data/survey_augment.py), so one model serves "
                         "dense Roman and sparse ground data; 0 = off")
+    g.add_argument("--truncate-augment", type=float, default=0.3, metavar="P",
+                   help="fraction of curves seen cut at a random 10-100%% of the season, features and fit from the "
+                        "epochs kept (as evaluate.py's early detection sees them); 0 = off")
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
@@ -69,8 +71,11 @@ def check_train_args(args):
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0.0 <= args.survey_augment <= 1.0:
-        raise TaskError(f"--survey-augment must be in [0, 1], got {args.survey_augment}")
+    for name in ("survey_augment", "truncate_augment"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.survey_augment + args.truncate_augment > 1.0:
+        raise TaskError("--survey-augment and --truncate-augment are fractions of one batch: their sum must be <= 1")
     if not args.data:
         raise TaskError("--data FILE (a simulator HDF5 file) is required for --task microlensing")
     if not os.path.isfile(args.data):
@@ -94,7 +99,8 @@ def load_train_data(args, info) -> TrainData:
     grid = task_data.grid_from_args(args)
     try:
         arrays = task_data.cached_h5(args.data, grid, info, args.cache_dir, not args.no_progress,
-                                     survey_seed=args.seed if args.survey_augment > 0 else None)
+                                     survey_seed=args.seed if args.survey_augment > 0 else None,
+                                     truncate_seed=args.seed if args.truncate_augment > 0 else None)
     except task_data.DataError as err:
         raise TaskError(str(err)) from None
     return TrainData(arrays, np.asarray(arrays["labels"]), {"grid": grid, "unit": "events"})
@@ -110,21 +116,30 @@ def fit_stats(data, split, args, info):
 
 
 def make_fetch(data, stats, args, device, train: bool):
-    """Batches of normalised features; with --survey-augment P a fraction P of them from the
-    curves' ground-survey versions: random in training, a fixed coin per row in validation."""
-    p = args.survey_augment
-    coin = np.random.default_rng(args.seed + 1).random(len(data.labels))
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    rng = np.random.default_rng([args.seed, 2, rank])
+    """Batches of normalised features; with --survey-augment P (--truncate-augment Q) a fraction P
+    (Q) of them from the curves' ground-survey (truncated) versions. Which rows, is a function of
+    (seed, epoch, row) in training (the loop calls fetch.set_epoch), so any number of processes
+    and a resumed run see the same batches, and of (seed, row) in validation."""
+    copies = [(key, p) for key, p in (("features_ground", args.survey_augment),
+                                      ("features_truncated", args.truncate_augment)) if p > 0]
+    n = len(data.labels)
+    draws = {"coin": np.random.default_rng([args.seed, 1]).random(n)}
+
+    def set_epoch(epoch: int):
+        draws["coin"] = np.random.default_rng([args.seed, 2, epoch]).random(n)
 
     def fetch(indices):
         x, y = task_data.gather(data.arrays, indices)
-        if p > 0:
-            ground = (rng.random(len(indices)) if train else coin[np.asarray(indices)]) < p
-            if ground.any():
-                x[torch.from_numpy(ground)] = task_data.gather(data.arrays, np.asarray(indices)[ground],
-                                                               "features_ground")[0]
+        draw = draws["coin"][np.asarray(indices)]
+        low = 0.0
+        for key, p in copies:
+            pick = (draw >= low) & (draw < low + p)
+            low += p
+            if pick.any():
+                x[torch.from_numpy(pick)] = task_data.gather(data.arrays, np.asarray(indices)[pick], key)[0]
         return normalize(x, stats), y
+    if train:
+        fetch.set_epoch = set_epoch
     return fetch
 
 

@@ -71,6 +71,11 @@ def test_espl_matches_vbbinarylensing_and_rounds_the_peak():
     # an independent algorithm: VBBinaryLensing's binary contour integration with a vanishing companion
     ref = np.array([vbbl.BinaryMag2(1.0, 1e-9, x, 0.0, rho) for x in u])
     np.testing.assert_allclose(ours, ref, rtol=2e-3)
+    # and MulensModel's uniform finite-source point lens (Witt & Mao 1994)
+    import MulensModel
+    model = MulensModel.Model({"t_0": t0, "u_0": u0, "t_E": tE, "rho": rho})
+    model.set_magnification_methods([34.9, "finite_source_uniform_WittMao94", 37.1])
+    np.testing.assert_allclose(ours, model.get_magnification(t), rtol=2e-3)
     assert ours.max() < 0.6 * pspl_magnification(t0, t0, tE, u0)  # the finite source caps the peak
     far = np.linspace(0, 30, 50)
     np.testing.assert_allclose(espl_magnification(far, 15.0, 10.0, 0.5, 1e-3), pspl_magnification(far, 15.0, 10.0, 0.5),

@@ -1,4 +1,5 @@
-"""Ground-survey augmentation and events observed by several telescopes (real survey photometry)."""
+"""Training copies (ground-survey cadences, truncated seasons) and events observed by several
+telescopes (real survey photometry)."""
 import numpy as np
 import pytest
 
@@ -35,6 +36,41 @@ def test_ground_versions_only_remove_epochs_and_keep_the_signal(tiny_h5):
     # a row's version depends on (seed, row) only, not on which rows are read with it
     one, _, _ = task_data.h5_features(tiny_h5, GRID, [7], progress=False, survey_seed=5)
     np.testing.assert_array_equal(one[0], ground[7])
+
+
+def test_truncated_copies_are_the_early_detection_features(tiny_h5):
+    """A row's truncated training copy is exactly what evaluate.py's early detection computes at
+    that row's fraction: features and fit from the epochs kept only."""
+    fractions = task_data.truncation_fractions(3, 60)
+    assert fractions.min() >= 0.1 and fractions.max() <= 1.0
+    rows = np.array([4, 11, 30])
+    per_row, _, _ = task_data.h5_features(tiny_h5, GRID, rows, progress=False, truncate_fraction=fractions[rows])
+    for k, r in enumerate(rows):
+        one, _, _ = task_data.h5_features(tiny_h5, GRID, [r], progress=False, truncate_fraction=fractions[r])
+        np.testing.assert_allclose(per_row[k].astype(np.float32), one[0].astype(np.float32), atol=2e-3)
+        assert not per_row[k, int(np.ceil(fractions[r] * 864)) + 1:].any()   # nothing after the cut
+
+
+def test_training_copies_depend_on_seed_epoch_and_row_only():
+    from types import SimpleNamespace
+
+    from tasks.microlensing import make_fetch
+    n = 200
+    arrays = {"features": np.zeros((n, 8, 6), np.float16), "labels": np.zeros(n, np.int64),
+              "features_ground": np.ones((n, 8, 6), np.float16), "features_truncated": np.full((n, 8, 6), 2, np.float16)}
+    data = SimpleNamespace(arrays=arrays, labels=arrays["labels"])
+    stats = {"mean": [0.0] * 5, "std": [1.0] * 5}
+    args = SimpleNamespace(seed=1, survey_augment=0.25, truncate_augment=0.3)
+    fetch = make_fetch(data, stats, args, "cpu", train=True)
+    fetch.set_epoch(3)
+    whole = fetch(np.arange(n))[0][:, 0, 3].numpy()  # the mask channel is not rescaled: 0, 1 or 2 says the copy
+    halves = np.concatenate([fetch(np.arange(0, n, 2))[0][:, 0, 3].numpy(), fetch(np.arange(1, n, 2))[0][:, 0, 3].numpy()])
+    np.testing.assert_array_equal(np.concatenate([whole[0::2], whole[1::2]]), halves)  # any split of the rows
+    assert 0.15 < (whole == 1).mean() < 0.35 and 0.2 < (whole == 2).mean() < 0.4
+    fetch.set_epoch(4)
+    assert not np.array_equal(fetch(np.arange(n))[0][:, 0, 3].numpy(), whole)            # new copies each epoch
+    val = make_fetch(data, stats, args, "cpu", train=False)
+    np.testing.assert_array_equal(val(np.arange(n))[0].numpy(), val(np.arange(n))[0].numpy())
 
 
 def test_ground_survey_rescales_errors_and_adds_outliers():

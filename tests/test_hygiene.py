@@ -15,7 +15,7 @@ def simulated():
     return labels, np.concatenate([b["params"] for b in blocks]), np.concatenate([b["mag"] for b in blocks])
 
 
-@pytest.mark.parametrize("name", ["t0", "tE", "u0", "m_source", "fs", "m_base"])
+@pytest.mark.parametrize("name", ["t0", "tE", "u0", "rho", "m_source", "fs", "m_base"])
 def test_pspl_and_binary_share_parameter_distributions(simulated, name):
     labels, p, _ = simulated
     result = stats.ks_2samp(p[name][labels == PSPL], p[name][labels == BINARY])

@@ -115,6 +115,16 @@ def test_residual_features_show_an_anomaly_and_not_a_single_lens():
     assert torch.equal(x[..., 3], torch.from_numpy(f[..., 3]))  # the mask is kept as it is
 
 
+def test_residual_features_of_empty_and_unobserved_curves_are_zero():
+    t = np.arange(0, 72, 15 / 1440)
+    mag = np.full((2, len(t)), np.nan)
+    mag[1, t < 5] = 19.0                                     # one curve seen only for 5 days
+    f = light_curve_features(t, mag, np.full_like(mag, 0.01), 0.0, 864, 120 / 1440, residuals=True)
+    assert np.isfinite(f).all() and not f[0].any() and f[1, :, 3].sum() == 60
+    empty = light_curve_features(t[:0], mag[:, :0], mag[:, :0], 0.0, 864, 120 / 1440, residuals=True)
+    assert empty.shape == (2, 864, 6) and not empty.any()
+
+
 def test_window_of_a_long_curve():
     t = np.arange(0, 2000, 1.0)
     m = np.full(len(t), 18.0)

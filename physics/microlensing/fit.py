@@ -149,13 +149,18 @@ def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: i
 
     time: (L,) or (N, L) days; flux, flux_err: (N, L), any flux unit (each curve and telescope
     has its own F_s, F_b), NaN or err <= 0 where not observed; telescope: (N, L) ints 0..G-1 or
-    None (one telescope). Returns numpy arrays: t0, tE, u0 (N,), fs, fb (N, G), n_obs (N,) and
-    chi2 (N,) of the magnitudes, sum ((m - m_model) / σ_m)^2 with m = -2.5 log10 f and
+    None (one telescope). Returns numpy arrays: t0, tE, u0 (N,), fs, fb (N, G), n_obs (N,), model
+    (N, L) the fitted flux at every epoch, and chi2 (N,) of the magnitudes, sum ((m - m_model) / σ_m)^2 with m = -2.5 log10 f and
     σ_m = 1.0857 σ_f / f (the errors the photometry came with, when it came in magnitudes).
     """
     flux = torch.as_tensor(np.asarray(flux, dtype=np.float64), device=device)
     err = torch.as_tensor(np.asarray(flux_err, dtype=np.float64), device=device)
     N, L = flux.shape
+    if L == 0 or N == 0:  # nothing to fit
+        G = 1 if telescope is None or np.size(telescope) == 0 else int(np.max(telescope)) + 1
+        nan = np.full(N, np.nan)
+        return {"t0": nan, "tE": nan.copy(), "u0": nan.copy(), "fs": np.full((N, G), np.nan), "fb": np.full((N, G), np.nan),
+                "chi2": np.zeros(N), "n_obs": np.zeros(N, np.int64), "model": np.full((N, L), np.nan)}
     time = torch.as_tensor(np.asarray(time, dtype=np.float64), device=device).expand(N, L).contiguous()
     good = torch.isfinite(flux) & torch.isfinite(err) & (err > 0) & torch.isfinite(time)
     weight = torch.where(good, 1.0 / torch.where(good, err, 1.0) ** 2, 0.0)
@@ -193,9 +198,11 @@ def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: i
     mag_weight = torch.where(good & (flux > 0), weight * flux * flux / MAG_PER_LN ** 2, 0.0)
     theta, fs, fb, chi2 = _levenberg_marquardt(theta, fs, fb, time, mag, mag_weight, onehot, n_refine, t_lo, t_hi,
                                                mag_space=True)
+    model = (onehot * fs.unsqueeze(1)).sum(-1) * _magnification(theta, time) + (onehot * fb.unsqueeze(1)).sum(-1)
     return {"t0": theta[:, 0].cpu().numpy(), "tE": theta[:, 1].exp().cpu().numpy(),
             "u0": theta[:, 2].exp().cpu().numpy(), "fs": (fs * scale).cpu().numpy(),
-            "fb": (fb * scale).cpu().numpy(), "chi2": chi2.cpu().numpy(), "n_obs": (mag_weight > 0).sum(1).cpu().numpy()}
+            "fb": (fb * scale).cpu().numpy(), "chi2": chi2.cpu().numpy(), "n_obs": (mag_weight > 0).sum(1).cpu().numpy(),
+            "model": (model * scale).cpu().numpy()}
 
 
 def _starts(time, flux, weight):
@@ -216,10 +223,3 @@ def _starts(time, flux, weight):
     t0 = torch.stack([t_peak, t_mid], 1)                                        # (N, 2)
     return torch.stack([torch.stack([t0[:, t], torch.full_like(t_peak, lte), torch.full_like(t_peak, lu)], 1)
                         for t, lte, lu in grid], 1)
-
-
-def pspl_numpy(time, fit: dict):
-    """(N, L) PSPL magnification of fit_pspl's parameters at times (L,) or (N, L), float64."""
-    tau = (np.asarray(time, dtype=np.float64) - fit["t0"][:, None]) / fit["tE"][:, None]
-    u2 = tau * tau + fit["u0"][:, None] ** 2
-    return (u2 + 2.0) / np.sqrt(u2 * (u2 + 4.0))
