@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The microlensing classifiers against the Δχ² ceiling, on dense Roman and ground-survey data, and
-# on the shared real samples (issue 12; ~2.5 h on 2 CPU cores, most of it the CNN-GRU):
+# on the shared real samples (issue 12; ~3 h on 2 CPU cores, most of it the CNN-GRU):
 #   bash bench/bench_microlensing_quality.sh     # OUT=outputs/ml_bench, SAMPLES=../shared/samples/microlensing
 # 1. `planetary` and `baseline` sets, 3,000 events per class (seeds 12), and a 10,000-per-class
 #    `planetary` set (seed 13) for the model meant for real data;
-# 2. on each 3,000 set: patch_transformer with the defaults (30 epochs, residual features) and the
-#    CNN-GRU (3 epochs: ~5 min each on this CPU), each test split evaluated: accuracy, recall per
-#    class and per Δχ² bin, the oracle, early detection (10-100% of the season);
+# 2. on each 3,000 set: patch_transformer with the defaults (30 epochs, residual features, truncated
+#    copies), the same without truncated copies, and the CNN-GRU without them (3 epochs: ~5 min each
+#    on this CPU), each test split evaluated: accuracy, recall per class and per Δχ² bin, the
+#    oracle, early detection (10-100% of the season); the dense transformer on ground versions;
 # 3. patch_transformer on the 10,000 set with --survey-augment 0.5 (15 epochs): its test split as
 #    simulated and as ground-survey versions held out from training (evaluate --survey ground);
 # 4. predict.py of each run on the real samples.
@@ -30,9 +31,12 @@ evaluate() { $PY evaluate.py --run "$R/$1" --no-progress --n-evolution-per-type 
 for preset in planetary baseline; do
     train pt_$preset --data "$OUT/$preset.h5"
     evaluate pt_$preset
-    train gru_$preset --data "$OUT/$preset.h5" --model cnn_gru --epochs "$GRU_EPOCHS"
+    train pt_full_$preset --data "$OUT/$preset.h5" --truncate-augment 0
+    evaluate pt_full_$preset
+    train gru_$preset --data "$OUT/$preset.h5" --model cnn_gru --epochs "$GRU_EPOCHS" --truncate-augment 0
     evaluate gru_$preset
 done
+evaluate pt_full_planetary --survey ground
 train pt_ground_p10k --data "$OUT/planetary10k.h5" --survey-augment 0.5 --epochs 15
 evaluate pt_ground_p10k
 evaluate pt_ground_p10k --survey ground
