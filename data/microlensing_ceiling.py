@@ -76,7 +76,7 @@ def annotations(path, rows, fallback_dir=None, block: int = 128, progress: bool 
                 bar.update(len(idx))
             bar.close()
         keys = np.array(sorted(known), dtype=np.int64)
-        tmp = cache + ".tmp.npz"
+        tmp = f"{cache}.{os.getpid()}.tmp.npz"  # concurrent evaluations never share a temporary file
         try:
             np.savez(tmp, fingerprint=key, rows=keys, dchi2_pspl=np.array([known[k][0] for k in keys]),
                      dchi2_flat=np.array([known[k][1] for k in keys]))
