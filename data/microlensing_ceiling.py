@@ -16,6 +16,7 @@ is read-only), keyed by the file's fingerprint and filled in for the rows asked 
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -81,8 +82,9 @@ def annotations(path, rows, fallback_dir=None, block: int = 128, progress: bool 
             np.savez(tmp, fingerprint=key, rows=keys, dchi2_pspl=np.array([known[k][0] for k in keys]),
                      dchi2_flat=np.array([known[k][1] for k in keys]))
             os.replace(tmp, cache)
-        except OSError:
-            pass  # nowhere to keep it: computed again next time
+        except OSError as err:  # nowhere to keep it: computed again next time, and said so
+            print(f"warning: cannot keep the Δχ² values in {cache} ({err}); they are recomputed next time",
+                  file=sys.stderr)
     return {"dchi2_pspl": np.array([known[int(r)][0] for r in rows]),
             "dchi2_flat": np.array([known[int(r)][1] for r in rows])}
 
