@@ -2,14 +2,14 @@
 # The microlensing classifiers against the Δχ² ceiling, on dense Roman and ground-survey data, and
 # on the shared real samples (issue 12; ~3 h on 2 CPU cores, most of it the CNN-GRU):
 #   bash bench/bench_microlensing_quality.sh     # OUT=outputs/ml_bench, SAMPLES=../shared/samples/microlensing
-# 1. `planetary` and `baseline` sets, 3,000 events per class (seeds 12), and a 10,000-per-class
-#    `planetary` set (seed 13) for the model meant for real data;
-# 2. on each 3,000 set: patch_transformer with the defaults (30 epochs, residual features, truncated
-#    copies), the same without truncated copies, and the CNN-GRU without them (3 epochs: ~5 min each
-#    on this CPU), each test split evaluated: accuracy, recall per class and per Δχ² bin, the
-#    oracle, early detection (10-100% of the season); the dense transformer on ground versions;
-# 3. patch_transformer on the 10,000 set with --survey-augment 0.5 (15 epochs): its test split as
-#    simulated and as ground-survey versions held out from training (evaluate --survey ground);
+# 1. `planetary` and `baseline` sets, 3,000 events per class (seeds 12);
+# 2. on each set: patch_transformer with the defaults (30 epochs, residual features from point- or
+#    finite-source fits, truncated copies), the same without truncated copies, and the CNN-GRU
+#    without them (3 epochs: ~5 min each on this CPU), each test split evaluated: accuracy, recall
+#    per class and per Δχ² bin, the oracle, early detection (10-100% of the season); the dense
+#    transformer on ground versions;
+# 3. patch_transformer on `planetary` with --survey-augment 0.5: its test split as simulated and as
+#    ground-survey versions held out from training (evaluate --survey ground);
 # 4. predict.py of each run on the real samples.
 # Settings are fixed before any run, not tuned on a test split.
 set -euo pipefail
@@ -23,8 +23,9 @@ for preset in planetary baseline; do
     [[ -f $OUT/$preset.h5 ]] || $PY simulate.py --output "$OUT/$preset.h5" --n-flat 3000 --n-pspl 3000 --n-binary 3000 \
         --binary-preset $preset --num-workers 2 --seed 12 --no-progress
 done
-[[ -f $OUT/planetary10k.h5 ]] || $PY simulate.py --output "$OUT/planetary10k.h5" --n-flat 10000 --n-pspl 10000 \
-    --n-binary 10000 --binary-preset planetary --num-workers 2 --seed 13 --no-progress
+for preset in planetary baseline; do  # fit speed, and what the point / finite-source fits leave
+    $PY bench/bench_fit.py --data "$OUT/$preset.h5" --n 600
+done
 R=$OUT/runs
 train() { name=$1; shift; $PY train.py --task microlensing --output "$R" --experiment-name "$name" --no-progress "$@"; }
 evaluate() { $PY evaluate.py --run "$R/$1" --no-progress --n-evolution-per-type 1 "${@:2}"; }
@@ -37,11 +38,11 @@ for preset in planetary baseline; do
     evaluate gru_$preset
 done
 evaluate pt_full_planetary --survey ground
-train pt_ground_p10k --data "$OUT/planetary10k.h5" --survey-augment 0.5 --epochs 15
-evaluate pt_ground_p10k
-evaluate pt_ground_p10k --survey ground
+train pt_ground_planetary --data "$OUT/planetary.h5" --survey-augment 0.5
+evaluate pt_ground_planetary
+evaluate pt_ground_planetary --survey ground
 if [[ -d $SAMPLES ]]; then
-    for run in pt_planetary gru_planetary pt_baseline gru_baseline pt_ground_p10k; do
+    for run in pt_planetary gru_planetary pt_baseline gru_baseline pt_ground_planetary; do
         $PY predict.py --runs "$R/$run" --input "$SAMPLES" --output "$OUT/samples_$run.csv" --no-progress
     done
 fi

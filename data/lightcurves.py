@@ -11,8 +11,10 @@ is masked). Each bin then carries four channels, all of which exist in real data
 | 1       | log10(time since the previous observed bin / bin width)                 |
 | 2       | log10(relative flux error)                                              |
 | 3       | mask: 1 observed, 0 missing (channels 0-2 are 0 there)                  |
+| 4       | asinh(binned residual / error) from the curve's best single-lens fit     |
+| 5       | log10(binned fitted flux / the fit's baseline): the fitted shape        |
 
-Channels 0-2 are standardised with statistics of the training split (`feature_stats`,
+Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS). Channels 0-2 and 4-5 are standardised with statistics of the training split (`feature_stats`,
 saved in every checkpoint) by `normalize`. Everything is computed from the epochs given, so a
 curve truncated at a fraction of the season gets its own baseline (early detection is honest).
 """
@@ -22,17 +24,21 @@ import numpy as np
 
 N_CHANNELS = 4
 MASK_CHANNEL = 3
-FEATURE_SETS = {"basic": 4, "pspl_residual": 6}  # name -> channels
+# name -> channels; the residual sets add channels 4 and 5 from each curve's best single-lens fit:
+# point source only (pspl_residual), or point or finite source, whichever fits better (fspl_residual)
+FEATURE_SETS = {"basic": 4, "pspl_residual": 6, "fspl_residual": 6}
+RESIDUAL_FIT = {"pspl_residual": "pspl", "fspl_residual": "fspl"}
 LN10 = np.log(10.0)
 
 
-def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: bool = False):
+def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: str | None = None):
     """Bin curves sharing one time grid.
 
     time (L,) days; mag, mag_err (N, L), NaN where not observed.
     Returns flux, flux_err (N, n_bins) relative to each curve's median magnitude (NaN in empty
-    bins) and observed (N, n_bins) bool; with fit_model, also the best PSPL fit to the epochs
-    inside the grid, binned with the same weights (N, n_bins), and its baseline flux (N,).
+    bins) and observed (N, n_bins) bool; with fit_model ("pspl": point source, "fspl": point or
+    finite source), also the best single-lens fit to the epochs inside the grid, binned with the
+    same weights (N, n_bins), and its baseline flux (N,).
     """
     time = np.asarray(time, dtype=np.float64)
     mag = np.atleast_2d(np.asarray(mag, dtype=np.float64))
@@ -58,12 +64,15 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     with np.errstate(all="ignore"):
         binned = np.where(observed, sum_wf / sum_w, np.nan)
         binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
-    if not fit_model:
+    if fit_model is None:
         return binned, binned_err, observed
+    if fit_model not in ("pspl", "fspl"):
+        raise ValueError(f"unknown single-lens fit {fit_model!r} (pspl, fspl)")
     from physics.microlensing.fit import fit_pspl
     f_in = np.where(good[:, inside], flux[:, inside], np.nan)
     with np.errstate(all="ignore"):
-        fit = fit_pspl(time[inside], f_in, np.where(weight[:, inside] > 0, weight[:, inside], np.nan) ** -0.5)
+        fit = fit_pspl(time[inside], f_in, np.where(weight[:, inside] > 0, weight[:, inside], np.nan) ** -0.5,
+                       finite_source=fit_model == "fspl")
     model = fit["model"]                                                    # (N, L_inside) fitted flux
     sum_wm = np.bincount(flat, weights=w * model.ravel(), minlength=N * n_bins).reshape(N, n_bins)
     with np.errstate(all="ignore"):
@@ -101,15 +110,16 @@ def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None
 
 
 def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float,
-                         residuals: bool = False) -> np.ndarray:
-    """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4), or 6 with residuals, float32."""
+                         residuals: str | None = None) -> np.ndarray:
+    """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4), or 6 with residuals from a
+    "pspl" or "fspl" fit (see `bin_light_curves`), float32."""
     return features_from_bins(*bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals))
 
 
 def grid_features(time, mag, mag_err, t_start: float, grid: dict) -> np.ndarray:
     """Features on a run's grid (n_bins, bin_days, feature set; runs without one are `basic`)."""
     return light_curve_features(time, mag, mag_err, t_start, grid["n_bins"], grid["bin_days"],
-                                residuals=grid.get("features", "basic") == "pspl_residual")
+                                residuals=RESIDUAL_FIT.get(grid.get("features", "basic")))
 
 
 def grid_size(season_days: float, bin_minutes: float) -> tuple[int, float]:

@@ -31,13 +31,15 @@ BIN_LABELS = ("<=25", "25-100", "100-500", "500-2000", ">2000")
 LN10_04 = 0.4 * np.log(10.0)
 
 
-def event_dchi2(time, mag, mag_err, magnification, params) -> dict:
-    """Δχ² of a block of events: mag, mag_err, magnification (N, T), params (N,) PARAMS_DTYPE."""
+def event_dchi2(time, mag, mag_err, magnification, params, finite_source: bool = False) -> dict:
+    """Δχ² of a block of events: mag, mag_err, magnification (N, T), params (N,) PARAMS_DTYPE.
+    finite_source: dchi2_pspl from the best single-lens fit with a finite source allowed (FSPL)
+    instead of the point-source one the ceiling is defined by."""
     mag = np.asarray(mag, dtype=np.float64)
     err = np.asarray(mag_err, dtype=np.float64)
     ref = np.nanmedian(mag, axis=1, keepdims=True)
     flux = 10.0 ** (-0.4 * (mag - ref))                     # NaN where not observed
-    fit = fit_pspl(time, flux, LN10_04 * flux * err)
+    fit = fit_pspl(time, flux, LN10_04 * flux * err, finite_source=finite_source)
     true_mag = model_magnitude(params["m_base"][:, None], params["fs"][:, None], np.asarray(magnification, np.float64))
     good = np.isfinite(mag) & np.isfinite(err) & (err > 0)
     w = np.where(good, 1.0 / np.where(good, err, 1.0) ** 2, 0.0)

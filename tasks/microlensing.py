@@ -39,9 +39,10 @@ def add_train_args(parser):
     g = parser.add_argument_group("microlensing (--task microlensing)")
     g.add_argument("--season-days", type=float, default=72.0)
     g.add_argument("--bin-minutes", type=float, default=120.0, help="feature grid step in minutes (15 = full Roman cadence)")
-    g.add_argument("--features", choices=tuple(FEATURE_SETS), default="pspl_residual",
-                   help="pspl_residual: the basic channels plus the residual from each curve's best point-lens fit "
-                        "(data/lightcurves.py); basic: flux, gap, error and mask only")
+    g.add_argument("--features", choices=tuple(FEATURE_SETS), default="fspl_residual",
+                   help="fspl_residual: the basic channels plus the residual from each curve's best single-lens fit, "
+                        "point or finite source (a peak rounded by the source is no anomaly); pspl_residual: the same "
+                        "from a point-source fit only; basic: flux, gap, error and mask only (data/lightcurves.py)")
     g.add_argument("--survey-augment", type=float, default=0.0, metavar="P",
                    help="fraction of curves seen at a ground-survey cadence (OGLE/MOA/KMTNet-like sampling, nightly "
                         "and weather gaps, rescaled errors, outliers: data/survey_augment.py), so one model serves "

@@ -5,8 +5,8 @@ import pytest
 from data import microlensing_ceiling as ceiling
 from physics.microlensing.binary import full_binary_curve, make_vbbl
 from physics.microlensing.events import PARAMS_DTYPE
-from physics.microlensing.fit import fit_pspl
-from physics.microlensing.single import espl_magnification, pspl_magnification
+from physics.microlensing.fit import finite_source_factor, fit_pspl, pspl_with_derivative
+from physics.microlensing.single import espl_magnification, finite_source_correction, pspl_magnification
 from physics.microlensing.survey import NoiseModel, Season, observe
 
 T = Season().times()
@@ -80,6 +80,76 @@ def test_espl_matches_vbbinarylensing_and_rounds_the_peak():
     far = np.linspace(0, 30, 50)
     np.testing.assert_allclose(espl_magnification(far, 15.0, 10.0, 0.5, 1e-3), pspl_magnification(far, 15.0, 10.0, 0.5),
                                rtol=1e-5)
+
+
+def test_espl_has_no_step_where_the_finite_source_term_gets_small():
+    """Far from the lens the source still brightens the curve by ~rho^2 / (8 u^2): no step where
+    VBBinaryLensing would switch to a point source (u ~ 7 rho at its default tolerance) nor where
+    the simulator does (u = 30 rho); checked against MulensModel's finite source."""
+    import MulensModel
+    rho = 0.05
+    u = np.linspace(2 * rho, 60 * rho, 3000)
+    excess = espl_magnification(u, 0.0, 1.0, 1e-9, rho) / pspl_magnification(u, 0.0, 1.0, 1e-9) - 1
+    assert np.all(excess > 0) and np.all(np.diff(excess) < 0)
+    small = (u > 5 * rho) & (u < 0.25)  # where A ~ 1/u: the excess is rho^2 / (8 u^2)
+    np.testing.assert_allclose(excess[small], rho ** 2 / (8 * u[small] ** 2), rtol=0.1)
+    # from point to point the excess falls as the second-order term does: no jump anywhere
+    smooth = finite_source_correction(u, rho) / pspl_magnification(u, 0.0, 1.0, 1e-9)
+    far = u > 4 * rho
+    np.testing.assert_allclose(np.diff(excess[far]), np.diff(smooth[far]), rtol=0.1, atol=5e-6)  # 4e-6 at 30 rho
+    # MulensModel's Gould (1994) uniform source, valid where u << 1 (its Witt & Mao is noisy this far out)
+    model = MulensModel.Model({"t_0": 0.0, "u_0": 1e-9, "t_E": 1.0, "rho": rho})
+    model.set_magnification_methods([0.0, "finite_source_uniform_Gould94", 0.25])
+    ref = model.get_magnification(u[small]) / pspl_magnification(u[small], 0.0, 1.0, 1e-9) - 1
+    np.testing.assert_allclose(excess[small], ref, rtol=0.05)
+
+
+def test_finite_source_factor_matches_vbbinarylensing_and_mulensmodel():
+    """A_PS(u) B0(u / rho), the single-lens fit's finite-source model, against VBBinaryLensing's
+    ESPL (as simulated) and MulensModel's Witt & Mao uniform source, from inside the source to
+    outside it; and B0's limits."""
+    import MulensModel
+    import torch
+    for rho in (0.003, 0.02, 0.05):
+        for u0 in (1e-5, 0.5 * rho, rho, 2 * rho):
+            t = np.linspace(-4 * rho, 4 * rho, 161) * 10.0 + 36.0
+            u = np.hypot(u0, (t - 36.0) / 10.0)
+            b0, _ = finite_source_factor(torch.tensor(u / rho))
+            ours = pspl_with_derivative(torch.tensor(u))[0].numpy() * b0.numpy()
+            np.testing.assert_allclose(ours, espl_magnification(t, 36.0, 10.0, u0, rho), rtol=3e-3)
+            model = MulensModel.Model({"t_0": 36.0, "u_0": u0, "t_E": 10.0, "rho": rho})
+            model.set_magnification_methods([t[0] - 0.1, "finite_source_uniform_WittMao94", t[-1] + 0.1])
+            off_limb = np.abs(u / rho - 1) > 0.01  # Witt & Mao's expression is singular where the limb crosses the lens
+            np.testing.assert_allclose(ours[off_limb], model.get_magnification(t)[off_limb], rtol=3e-3)
+    z = torch.tensor([1e-6, 1e-3, 0.5, 1.0, 2.0, 10.0, 1e4], dtype=torch.float64)
+    b0, db0 = finite_source_factor(z)
+    np.testing.assert_allclose(b0[:2].numpy(), 2 * z[:2].numpy(), rtol=1e-3)   # peak 2 / rho
+    assert b0[5] == pytest.approx(1 + 1 / (8 * 10.0 ** 2), rel=2e-3) and b0[6] == 1.0 and db0[6] == 0.0
+    assert b0[3] > b0[4] > 1.0 > b0[2]  # most above a point source where the limb crosses the lens
+
+
+def test_finite_source_fit_explains_a_rounded_peak_but_not_a_binary():
+    """A point lens crossing a large source: far from every point-source curve (Δχ² > 100), the
+    finite-source fit reaches the true χ² and rho; a PSPL event and a caustic crossing are
+    unchanged by allowing a finite source."""
+    t0, tE = np.array([30.0, 42.0, 25.0]), np.array([8.0, 20.0, 12.0])
+    u0, rho = np.array([0.005, 0.02, 0.1]), np.array([0.03, 0.025, 0.002])
+    A = np.stack([espl_magnification(T, *x) for x in zip(t0, tE, u0, rho)])
+    mag, err, p = _observe(A, 19.5, 0.6, seed=2)
+    point = ceiling.event_dchi2(T, mag, err, A, p)["dchi2_pspl"]
+    finite = ceiling.event_dchi2(T, mag, err, A, p, finite_source=True)["dchi2_pspl"]
+    assert point[0] > 100 and point[1] > 100, point
+    assert np.all(np.abs(finite) < 25), finite
+    ref = np.nanmedian(mag, 1, keepdims=True)
+    flux = 10 ** (-0.4 * (mag - ref))
+    fit = fit_pspl(T, flux, 0.4 * np.log(10) * flux * err, finite_source=True)
+    np.testing.assert_allclose(fit["rho"][:2], rho[:2], rtol=0.1)
+    np.testing.assert_allclose(fit["u0"][:2], u0[:2], atol=0.005)
+    assert np.isnan(fit["rho"][2]) or fit["rho"][2] < 0.02  # u0 = 0.1 >> rho: nothing to round
+    s, q, b_u0, alpha, b_rho = 1.0, 0.5, 0.05, 0.3, 2e-3
+    B = full_binary_curve(make_vbbl(1e-4, 1e-4), T, s, q, b_u0, alpha, b_rho, 10.0, 36.0)[None]
+    mag, err, p = _observe(B, 20.5, 0.5, seed=1)
+    assert ceiling.event_dchi2(T, mag, err, B, p, finite_source=True)["dchi2_pspl"][0] > 2000
 
 
 def test_ceiling_summary_counts_bins_and_the_oracle():

@@ -100,7 +100,7 @@ def test_residual_features_show_an_anomaly_and_not_a_single_lens():
     A = pspl_magnification(t, 36.0, 12.0, 0.1)
     anomaly = A * (1 + 0.05 * np.exp(-0.5 * ((t - 40.0) / 0.15) ** 2))   # a 5% bump of a few hours
     mags = 20 - 2.5 * np.log10(np.stack([A, anomaly])) + 0.005 * rng.standard_normal((2, len(t)))
-    f = light_curve_features(t, mags, np.full((2, len(t)), 0.005), 0.0, n_bins, bin_days, residuals=True)
+    f = light_curve_features(t, mags, np.full((2, len(t)), 0.005), 0.0, n_bins, bin_days, residuals="pspl")
     assert f.shape == (2, n_bins, 6)
     near = slice(int(39.5 / bin_days), int(40.5 / bin_days))
     pulls = np.sinh(f[..., 4])
@@ -115,13 +115,33 @@ def test_residual_features_show_an_anomaly_and_not_a_single_lens():
     assert torch.equal(x[..., 3], torch.from_numpy(f[..., 3]))  # the mask is kept as it is
 
 
+def test_finite_source_residual_features_do_not_flag_a_rounded_peak():
+    """fspl_residual: a single lens crossing a large source leaves noise pulls (the point-source
+    residuals show it at > 10 sigma), while a short anomaly on a single lens still stands out."""
+    from physics.microlensing.single import espl_magnification, pspl_magnification
+    rng = np.random.default_rng(1)
+    n_bins, bin_days = grid_size(72.0, 120.0)
+    t = np.arange(0, 72, 15 / 1440)
+    A = espl_magnification(t, 36.0, 12.0, 0.004, 0.03)
+    anomaly = pspl_magnification(t, 36.0, 12.0, 0.1) * (1 + 0.05 * np.exp(-0.5 * ((t - 40.0) / 0.15) ** 2))
+    mags = 20 - 2.5 * np.log10(np.stack([A, anomaly])) + 0.005 * rng.standard_normal((2, len(t)))
+    err = np.full((2, len(t)), 0.005)
+    point = np.sinh(light_curve_features(t, mags, err, 0.0, n_bins, bin_days, residuals="pspl")[..., 4])
+    finite = np.sinh(light_curve_features(t, mags, err, 0.0, n_bins, bin_days, residuals="fspl")[..., 4])
+    assert np.abs(point[0]).max() > 10
+    assert np.sqrt(np.mean(finite[0] ** 2)) < 1.5 and np.abs(finite[0]).max() < 6
+    assert np.abs(finite[1, int(39.5 / bin_days):int(40.5 / bin_days)]).max() > 10
+    with pytest.raises(ValueError, match="unknown single-lens fit"):
+        light_curve_features(t, mags, err, 0.0, n_bins, bin_days, residuals="binary")
+
+
 def test_residual_features_of_empty_and_unobserved_curves_are_zero():
     t = np.arange(0, 72, 15 / 1440)
     mag = np.full((2, len(t)), np.nan)
     mag[1, t < 5] = 19.0                                     # one curve seen only for 5 days
-    f = light_curve_features(t, mag, np.full_like(mag, 0.01), 0.0, 864, 120 / 1440, residuals=True)
+    f = light_curve_features(t, mag, np.full_like(mag, 0.01), 0.0, 864, 120 / 1440, residuals="pspl")
     assert np.isfinite(f).all() and not f[0].any() and f[1, :, 3].sum() == 60
-    empty = light_curve_features(t[:0], mag[:, :0], mag[:, :0], 0.0, 864, 120 / 1440, residuals=True)
+    empty = light_curve_features(t[:0], mag[:, :0], mag[:, :0], 0.0, 864, 120 / 1440, residuals="pspl")
     assert empty.shape == (2, 864, 6) and not empty.any()
 
 
