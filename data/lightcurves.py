@@ -14,8 +14,9 @@ is masked). Each bin then carries four channels, all of which exist in real data
 | 4       | asinh(binned residual / error) from the curve's best single-lens fit     |
 | 5       | log10(binned fitted flux / the fit's baseline): the fitted shape        |
 
-Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS). Channels 0-2 and 4-5 are standardised with statistics of the training split (`feature_stats`,
-saved in every checkpoint) by `normalize`. Everything is computed from the epochs given, so a
+Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS). Every channel but the
+mask is standardised with statistics of the training split (`feature_stats`, saved in every
+checkpoint) by `normalize`. Everything is computed from the epochs given, so a
 curve truncated at a fraction of the season gets its own baseline (early detection is honest).
 """
 from __future__ import annotations
