@@ -286,6 +286,8 @@ def main(args):
             with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             ckpt_state = state(epoch + 1, 0)
+            if scores and hasattr(task, "val_decision"):  # a decision rule fixed on this epoch's validation scores
+                ckpt_state.update(task.val_decision(*scores, args))
             save_checkpoint(ckpt_state, os.path.join(run_dir, "last.pt"))
             if improved:
                 save_checkpoint(ckpt_state, os.path.join(run_dir, "best.pt"))

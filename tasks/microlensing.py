@@ -21,6 +21,7 @@ from engine.inference import predict_log_probs
 from models import create_model, list_models, model_kwargs
 from models.layers import ClassifierLoss
 from tasks import TaskError, TrainData, stratified_split
+from tasks.microlensing_eval import BINARY_FALSE_ALARM, decide, operating_point
 from tasks.microlensing_eval import add_evaluate_args, compare_columns, evaluate  # noqa: F401 (task contract)
 
 TASK = task_data.TASK
@@ -61,6 +62,10 @@ def add_train_args(parser):
     g.add_argument("--stage1-weight", type=float, default=1.0)
     g.add_argument("--stage2-weight", type=float, default=1.0)
     g.add_argument("--aux-weight", type=float, default=0.5)
+    g.add_argument("--binary-false-alarm", type=float, default=BINARY_FALSE_ALARM, metavar="F",
+                   help="operating point: a lensed event is called binary where P(binary | lensed) exceeds the "
+                        "threshold (>= 0.5) at which at most this share of validation single lenses are; "
+                        "chosen with the best checkpoint, used by evaluate.py and predict.py")
 
 
 def check_train_args(args):
@@ -72,6 +77,8 @@ def check_train_args(args):
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.binary_false_alarm < 1.0:
+        raise TaskError(f"--binary-false-alarm must be in [0, 1), got {args.binary_false_alarm}")
     for name in ("survey_augment", "truncate_augment"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
@@ -159,6 +166,11 @@ def val_metrics(y, log_probs) -> dict:
     return {}
 
 
+def val_decision(y, log_probs, args) -> dict:
+    """Kept in each checkpoint: the operating point of its own validation predictions."""
+    return {"operating_point": operating_point(y, log_probs, args.binary_false_alarm)}
+
+
 def checkpoint_extras(data, stats, args) -> dict:
     return {"grid": data.meta["grid"]}
 
@@ -213,6 +225,16 @@ def _features(ident, files, grid, progress):
     return features, [ident or "+".join(os.path.basename(f) for f in files)], [info]
 
 
+def ensemble_point(ckpts):
+    """The operating point of an ensemble: its members' mean threshold (argmax where one has none,
+    e.g. runs trained before operating points were kept)."""
+    points = [c.get("operating_point") for c in ckpts]
+    if not all(points):
+        return None
+    return {"binary_threshold": float(np.mean([p["binary_threshold"] for p in points])),
+            "false_alarm": float(np.mean([p["false_alarm"] for p in points]))}
+
+
 def predict(runs, args):
     """(header, rows, skipped): probabilities averaged over the runs, one row per light curve or
     multi-file event."""
@@ -221,6 +243,7 @@ def predict(runs, args):
 
     from tqdm import tqdm
     names = tuple(runs[0][0]["class_names"])
+    point = ensemble_point([ckpt for ckpt, _, _ in runs])
     items = input_events(args)
     rows, bad = [], []
     for ident, files in tqdm(items, desc="files", disable=args.no_progress or len(items) < 2):
@@ -239,8 +262,9 @@ def predict(runs, args):
             print(f"predict.py: skipped: {err}", file=sys.stderr)
             continue
         probs = np.mean([np.exp(lp) for lp in log_probs], axis=0)  # ensemble: average probabilities
+        pred = decide(probs, point)
         for i, ident_i in enumerate(ids):
-            rows.append([ident_i, *(f"{p:.6f}" for p in probs[i]), names[int(probs[i].argmax())],
+            rows.append([ident_i, *(f"{p:.6f}" for p in probs[i]), names[int(pred[i])],
                          f"{infos[i]['window_start']:.5f}"])
     header = ["id", *(f"p_{n}" for n in names), "class", "window_start"]
     if len(rows) <= 10:

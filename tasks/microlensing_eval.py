@@ -14,6 +14,42 @@ from engine.inference import predict_log_probs
 from tasks import TaskError
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+BINARY_FALSE_ALARM = 0.03  # default share of validation single lenses the operating point lets be called binary
+
+
+# --------------------------------------------------------------------------- the operating point
+def binary_score(probs) -> np.ndarray:
+    """P(binary | lensed) of (N, 3) probabilities (the hierarchical model's stage-2 sigmoid)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs[:, 2] / np.maximum(probs[:, 1] + probs[:, 2], 1e-300)
+
+
+def operating_point(y, log_probs, false_alarm: float = BINARY_FALSE_ALARM) -> dict:
+    """The binary threshold chosen on validation predictions (y, log-probabilities (N, 3)).
+
+    An event is lensed where flat is not the most probable class, and a lensed event binary
+    where P(binary | lensed) > threshold: the smallest threshold >= 0.5 (argmax) at which at most
+    `false_alarm` of the validation single lenses are called binary, the way an anomaly search
+    fixes its false-alarm rate on single-lens events. Never chosen on a test split.
+    """
+    y = np.asarray(y)
+    probs = np.exp(np.asarray(log_probs, dtype=np.float64))
+    single = y == 1
+    candidates = np.sort(binary_score(probs[single & (probs.argmax(1) != 0)]))[::-1]
+    allowed = int(np.floor(false_alarm * single.sum()))
+    threshold = float(candidates[allowed]) if allowed < len(candidates) else 0.5
+    threshold = max(0.5, threshold)
+    return {"binary_threshold": threshold, "false_alarm": float(false_alarm), "n_single": int(single.sum())}
+
+
+def decide(probs, point: dict | None) -> np.ndarray:
+    """Classes of (N, 3) probabilities at an operating point (None: argmax)."""
+    probs = np.asarray(probs)
+    pred = probs.argmax(1)
+    if not point:
+        return pred
+    lensed = pred != 0
+    return np.where(lensed, np.where(binary_score(probs) > point["binary_threshold"], 2, 1), 0)
 
 
 def add_evaluate_args(parser):
@@ -26,6 +62,10 @@ def add_evaluate_args(parser):
                    help="ground: evaluate ground-survey versions of the curves (data/survey_augment.py), drawn "
                         "with --survey-seed, which differs from the seed training augmentation used")
     g.add_argument("--survey-seed", type=int, default=1000)
+    g.add_argument("--decision", choices=("operating-point", "argmax"), default="operating-point",
+                   help="operating-point: the binary threshold the run chose on its validation split "
+                        "(train.py --binary-false-alarm; for older runs chosen here, on that split, when the data "
+                        "file is the training file); argmax: the most probable class")
     g.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                    help="binary recall per Δχ² bin (χ² of the best PSPL fit − χ² of the true model) and the "
                         "accuracy of the oracle that knows it; kept in <data>.dchi2.npz once computed")
@@ -88,11 +128,16 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         return predict_log_probs(model, feats, stats, args.batch_size, args.device, not args.no_progress, desc)
 
     probs = np.exp(log_probs_of(features))
-    pred = probs.argmax(1)
+    point = _decision(ckpt, data_path, grid, log_probs_of, args)
+    pred = decide(probs, point)
     colors = plots.palette(args.colorblind_safe)
     P = lambda name: os.path.join(out_dir, name)  # noqa: E731
     summary = {"run": run_dir, "checkpoint": ckpt_path, "epoch": int(ckpt["epoch"]), "data": os.path.abspath(data_path),
-               "rows": what, "model": ckpt["model_name"], "metrics": metrics_summary(y, probs, pred)}
+               "rows": what, "model": ckpt["model_name"], "metrics": metrics_summary(y, probs, pred),
+               "operating_point": point}
+    argmax = probs.argmax(1)
+    summary["argmax"] = {"accuracy": float((argmax == y).mean()),
+                         "recall": {n: float((argmax[y == c] == c).mean()) for c, n in enumerate(names) if (y == c).any()}}
     summary["confusion"] = plots.confusion_matrix_plot(y, pred, names, P("confusion_matrix.png"), colors=colors)
     summary["roc"] = plots.roc_plot(y, probs, names, P("roc_curves.png"), n_bootstrap=args.n_bootstrap,
                                     seed=args.seed, colors=colors)
@@ -114,7 +159,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         for frac in args.fractions:
             feats, _, _ = task_data.h5_features(data_path, grid, rows, progress=False, truncate_fraction=frac,
                                                 survey_seed=survey_seed)
-            p = log_probs_of(feats, f"early {frac:.0%}").argmax(1)
+            p = decide(np.exp(log_probs_of(feats, f"early {frac:.0%}")), point)
             acc.append(float((p == y).mean()))
             for c, n in enumerate(names):
                 per_class[n].append(float((p[y == c] == c).mean()) if (y == c).any() else float("nan"))
@@ -122,7 +167,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
                                                                 per_class=per_class, class_names=names, colors=colors)
         summary["evolution"] = _evolution_plots(raw, grid, log_probs_of, names, args.n_evolution_per_type, P, colors)
     raw_pred = np.exp(log_probs_of(grid_features(raw["time"], raw["mag"], raw["mag_err"], 0.0, grid)))
-    plots.example_grid(raw["time"], raw["mag"], raw["mag_err"], raw["labels"].astype(int), raw_pred.argmax(1),
+    plots.example_grid(raw["time"], raw["mag"], raw["mag_err"], raw["labels"].astype(int), decide(raw_pred, point),
                        raw_pred, names, P("example_light_curves.png"), seed=args.seed, colors=colors)
     m = summary["metrics"]
     recall = ", ".join(f"{n} {summary['per_class'][n]['recall']:.3f}" for n in names)
@@ -132,10 +177,30 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         c = summary["ceiling"]
         ceil = (f" | oracle accuracy {c['oracle_accuracy']:.4f}; binary recall by Δχ² "
                 + ", ".join(f"{k}: {v['recall']:.2f}" for k, v in c["model_binary_recall"].items()))
+    rule = f"binary threshold {point['binary_threshold']:.3f}" if point else "argmax"
     summary["headline"] = (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] "
+                           f"({rule}; argmax {summary['argmax']['accuracy']:.4f}) "
                            f"| recall {recall} | ECE {m['ece']:.3f}{ceil}{early}")
     summary["out_dir"] = out_dir
     return summary
+
+
+def _decision(ckpt, data_path, grid, log_probs_of, args):
+    """The operating point evaluate uses (None: argmax): the checkpoint's, else, for a run kept
+    without one, chosen on the run's validation split of the training file (full curves)."""
+    if args.decision == "argmax":
+        return None
+    if ckpt.get("operating_point"):
+        return ckpt["operating_point"]
+    if select_rows(ckpt, data_path)[1] != "test split":
+        print("no operating point in this run and no validation split in this file: argmax", flush=True)
+        return None
+    val = ckpt["split"]["val"].numpy()
+    feats, y_val, _ = task_data.h5_features(data_path, grid, val, progress=not args.no_progress)
+    point = operating_point(y_val, log_probs_of(feats, "validation"))
+    point["chosen_by"] = "evaluate.py on the validation split (full curves)"
+    print(f"operating point chosen on the validation split: binary threshold {point['binary_threshold']:.3f}", flush=True)
+    return point
 
 
 def _ceiling(data_path, rows, y, pred, out_dir, P, colors, progress) -> dict:

@@ -122,6 +122,14 @@ def test_seed_quick_start_commands(tmp_path):
     assert 0 <= c["oracle_accuracy"] <= 1 and set(c["oracle_binary_recall"]) == set(c["bins"])
     assert (tmp_path / "data" / "raw" / "test.h5.dchi2.npz").is_file()
     assert "oracle accuracy" in summary["headline"]
+    # the operating point fixed on validation by training, kept in the checkpoint, used by evaluate
+    best = torch.load(code / "results" / runs[0] / "best.pt", map_location="cpu", weights_only=False)
+    point = best["operating_point"]
+    assert point["binary_threshold"] >= 0.5 and point["n_single"] > 0
+    assert summary["operating_point"] == point
+    from tasks.microlensing_eval import decide
+    assert np.array_equal(pred["y_pred"], decide(pred["probs"], point))
+    assert summary["argmax"]["accuracy"] == float((pred["probs"].argmax(1) == pred["y_true"]).mean())
 
 
 def test_seed_long_command(tmp_path, tiny_h5):
