@@ -11,6 +11,8 @@
 # 3. patch_transformer on `planetary` with --survey-augment 0.5: its test split as simulated and as
 #    ground-survey versions held out from training (evaluate --survey ground);
 # 4. predict.py of each run on the real samples.
+# Classes are those of each run's operating point (train.py --binary-false-alarm, chosen on its
+# validation split); evaluation summaries hold the argmax figures too.
 # Settings are fixed before any run, not tuned on a test split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
