@@ -128,7 +128,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         return predict_log_probs(model, feats, stats, args.batch_size, args.device, not args.no_progress, desc)
 
     probs = np.exp(log_probs_of(features))
-    point = _decision(ckpt, data_path, grid, log_probs_of, args)
+    point = _decision(ckpt, data_path, what.startswith("test split"), grid, log_probs_of, args)
     pred = decide(probs, point)
     colors = plots.palette(args.colorblind_safe)
     P = lambda name: os.path.join(out_dir, name)  # noqa: E731
@@ -185,14 +185,14 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     return summary
 
 
-def _decision(ckpt, data_path, grid, log_probs_of, args):
+def _decision(ckpt, data_path, training_file, grid, log_probs_of, args):
     """The operating point evaluate uses (None: argmax): the checkpoint's, else, for a run kept
     without one, chosen on the run's validation split of the training file (full curves)."""
     if args.decision == "argmax":
         return None
     if ckpt.get("operating_point"):
         return ckpt["operating_point"]
-    if select_rows(ckpt, data_path)[1] != "test split":
+    if not training_file:
         print("no operating point in this run and no validation split in this file: argmax", flush=True)
         return None
     val = ckpt["split"]["val"].numpy()
