@@ -7,9 +7,46 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(*args, timeout=600):
-    """Run a top-level script as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+FRESH = os.environ.get("LENSING_TEST_FRESH", "") not in ("", "0")
+_launcher = []
+
+
+def launcher():
+    """This pytest process's pre-warmed interpreter (tests/launcher.py), started on first use."""
+    if not _launcher:
+        from tests.launcher import Launcher
+        _launcher.append(Launcher())
+    return _launcher[0]
+
+
+def run_script(*args, timeout=600, cwd=ROOT, env=None):
+    """Run a top-level script (`python script.py args...`) as a user would; returns the
+    CompletedProcess. Through the pre-warmed interpreter unless LENSING_TEST_FRESH=1."""
+    env = dict(os.environ if env is None else env)
+    if FRESH or str(args[0]).startswith("-"):
+        return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    return launcher().run(args, cwd, env, timeout)
+
+
+def start_script(*args, cwd=ROOT, env=None):
+    """Start a top-level script and return at once: a Popen (LENSING_TEST_FRESH=1) or the
+    launcher's Popen-like handle (poll, send_signal, communicate, returncode)."""
+    env = dict(os.environ if env is None else env)
+    if FRESH:
+        return subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    return launcher().start(args, cwd, env)
+
+
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory):
+    """VENV for the sbatch scripts (`source $VENV/bin/activate; python script.py`): this
+    interpreter's environment, its `python script.py` runs handed to the pre-warmed interpreter."""
+    if FRESH:
+        return sys.prefix
+    from tests.launcher import venv_shim
+    return venv_shim(str(tmp_path_factory.mktemp("venv")), launcher())
 
 
 @pytest.fixture
@@ -58,8 +95,7 @@ def terminate_when(args, ready, timeout=120):
     (returncode, stderr); skips the calling test if the script finished first."""
     import signal
     import time
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = start_script(*args)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)

@@ -3,13 +3,12 @@ import glob
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from data import microlensing_h5 as mlh5
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script
 
 
 def test_sbatch_files_parse():
@@ -20,8 +19,8 @@ def test_sbatch_files_parse():
         assert r.returncode == 0, (path, r.stderr)
 
 
-def test_simulate_array_and_merge_run_locally(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), N_PER_CLASS="5", SEED="3", VENV=sys.prefix,
+def test_simulate_array_and_merge_run_locally(tmp_path, venv):
+    env = dict(os.environ, OUT=str(tmp_path), N_PER_CLASS="5", SEED="3", VENV=venv,
                SLURM_ARRAY_TASK_COUNT="2", SLURM_CPUS_PER_TASK="1")
     for task in ("0", "1"):
         r = subprocess.run(["bash", "sbatch/simulate.sbatch"], cwd=ROOT, capture_output=True, text=True,
@@ -93,11 +92,11 @@ def test_pipeline_chains_jobs_with_afterok(tmp_path, data_exists):
     assert "--nodes" not in evaluate and "--gres" not in evaluate
 
 
-def test_pipeline_runs_locally(tmp_path):
+def test_pipeline_runs_locally(tmp_path, venv):
     name = f"smoke{os.getpid()}"
     results = tmp_path / "results"
     env = dict(os.environ, LOCAL="1", OUT=str(tmp_path / "sim"), RESULTS=str(results), NAME=name,
-               N_PER_CLASS="20", SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=sys.prefix,
+               N_PER_CLASS="20", SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=venv,
                TRAIN_ARGS="--epochs 1 --batch-size 16 --d-model 16 --n-layers 1 --device cpu --no-progress",
                EVAL_ARGS="--no-progress")
     r = subprocess.run(["bash", "sbatch/pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
@@ -112,18 +111,17 @@ def test_pipeline_runs_locally(tmp_path):
     assert summary["rows"] == "test split"  # evaluate recognised the training file: no training events scored
 
 
-def test_image_array_shards_fill_one_folder(tmp_path):
+def test_image_array_shards_fill_one_folder(tmp_path, venv):
     """Two array tasks writing the LSST FITS layout into one folder give the one-shot run's files."""
     from data import lens_images
     env = dict(os.environ, OUT=str(tmp_path / "sharded"), TASK="lens", N="40", FORMAT="fits", SEED="3",
-               VENV=sys.prefix, SLURM_ARRAY_TASK_COUNT="2", SLURM_CPUS_PER_TASK="1")
+               VENV=venv, SLURM_ARRAY_TASK_COUNT="2", SLURM_CPUS_PER_TASK="1")
     for task in ("1", "0"):
         r = subprocess.run(["bash", "sbatch/simulate_images.sbatch"], cwd=ROOT, capture_output=True, text=True,
                            env=dict(env, SLURM_ARRAY_TASK_ID=task))
         assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "simulate.py", "--task", "lens", "--n-lens", "40", "--n-nonlens", "40",
-                        "--format", "fits", "--seed", "3", "--no-progress", "--output", str(tmp_path / "one")],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = run_script("simulate.py", "--task", "lens", "--n-lens", "40", "--n-nonlens", "40", "--format", "fits",
+                   "--seed", "3", "--no-progress", "--output", str(tmp_path / "one"))
     assert r.returncode == 0, r.stderr
     one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.fits"))
     sharded = sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*.fits"))
@@ -134,12 +132,12 @@ def test_image_array_shards_fill_one_folder(tmp_path):
     assert sorted(np.concatenate([t["index"] for t in tables]).tolist()) == list(range(80))
 
 
-def test_lens_pipeline_runs_locally(tmp_path):
+def test_lens_pipeline_runs_locally(tmp_path, venv):
     """simulate (2 FITS shards) -> train -> evaluate with candidates, as the SLURM chain runs it."""
     name = f"lens{os.getpid()}"
     results = tmp_path / "results"
     env = dict(os.environ, LOCAL="1", OUT=str(tmp_path / "lsst"), RESULTS=str(results), NAME=name, N="24",
-               SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=sys.prefix, CANDIDATES="8",
+               SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=venv, CANDIDATES="8",
                TRAIN_ARGS="--epochs 1 --batch-size 16 --device cpu --no-progress",
                EVAL_ARGS="--no-progress --n-bootstrap 10")
     r = subprocess.run(["bash", "sbatch/lens_pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
@@ -155,12 +153,12 @@ def test_lens_pipeline_runs_locally(tmp_path):
     assert "recall_vs_parameters" in summary  # against the simulator's true parameters
 
 
-def test_substructure_pipeline_runs_locally(tmp_path):
+def test_substructure_pipeline_runs_locally(tmp_path, venv):
     """simulate (2 npy shards) -> train two models (the job array) -> evaluate each -> one comparison table."""
     name = f"sub{os.getpid()}"
     results = tmp_path / "results"
     env = dict(os.environ, LOCAL="1", OUT=str(tmp_path / "sim"), RESULTS=str(results), NAME=name, N="8",
-               SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=sys.prefix, MODELS="resnet18 mobilenetv3_small_100",
+               SHARDS="2", SEED="3", GPUS_PER_NODE="1", VENV=venv, MODELS="resnet18 mobilenetv3_small_100",
                TRAIN_ARGS="--epochs 1 --batch-size 8 --test-fraction 0.25 --device cpu --no-progress",
                EVAL_ARGS="--no-progress --n-bootstrap 10 --tta 1")
     r = subprocess.run(["bash", "sbatch/substructure_pipeline.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
@@ -174,7 +172,7 @@ def test_substructure_pipeline_runs_locally(tmp_path):
     assert f"{name}_resnet18" in table and f"{name}_mobilenetv3_small_100" in table and "macro_auc" in table
 
 
-def test_mae_pipeline_runs_locally(tmp_path):
+def test_mae_pipeline_runs_locally(tmp_path, venv):
     """pretrain an MAE -> fine-tune it, probe it and train the same ViT from scratch -> evaluate each -> one table."""
     from tests.test_substructure import write_class_folders
     write_class_folders(tmp_path / "data", n=10, size=32)
@@ -182,7 +180,7 @@ def test_mae_pipeline_runs_locally(tmp_path):
     results = tmp_path / "results"
     arch = "--embed-dim 32 --depth 2 --num-heads 2 --patch-size 4"
     env = dict(os.environ, LOCAL="1", DATA=str(tmp_path / "data"), RESULTS=str(results), NAME=name,
-               GPUS_PER_NODE="1", VENV=sys.prefix, ARCH_ARGS=arch,
+               GPUS_PER_NODE="1", VENV=venv, ARCH_ARGS=arch,
                MAE_ARGS="--decoder-embed-dim 16 --decoder-depth 1 --decoder-num-heads 2 --epochs 1 --batch-size 8 "
                         "--device cpu --no-progress",
                FT_ARGS="--epochs 1 --batch-size 8 --device cpu --no-progress",

@@ -1,8 +1,5 @@
 """simulate.py --task microlensing for real on tiny sizes: schema, determinism, shards,
 class balance and hygiene, resume after a kill, and bad input."""
-import subprocess
-import sys
-
 import h5py
 import numpy as np
 import pytest
@@ -10,7 +7,7 @@ from scipy import stats
 
 from data import microlensing_h5 as mlh5
 from physics.microlensing.survey import model_magnitude
-from tests.conftest import ROOT, terminate_when
+from tests.conftest import run_script, terminate_when
 
 COUNTS = ["--n-flat", "30", "--n-pspl", "30", "--n-binary", "30"]
 
@@ -18,8 +15,7 @@ COUNTS = ["--n-flat", "30", "--n-pspl", "30", "--n-binary", "30"]
 @pytest.fixture(scope="module")
 def one_shot(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "one.h5"
-    r = subprocess.run([sys.executable, "simulate.py", *COUNTS, "--seed", "7", "--output", str(out),
-                        "--no-progress"], cwd=ROOT, capture_output=True, text=True)
+    r = run_script("simulate.py", *COUNTS, "--seed", "7", "--output", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     return out
 

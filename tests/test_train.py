@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import torch
 
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, run_script, start_script
 
 TINY = ["--d-model", "16", "--n-layers", "1", "--dropout", "0", "--no-progress"]
 
@@ -64,9 +64,9 @@ def test_sigterm_then_relaunch_equals_uninterrupted(tmp_path, tiny_h5):
     args = ["--epochs", "6", "--batch-size", "2", "--model", "patch_transformer"]
     full = train(tmp_path, tiny_h5, *args, name="full")
     assert full.returncode == 0, full.stderr
-    cmd = [sys.executable, "train.py", "--data", tiny_h5, "--output", str(tmp_path / "results"),
-           "--experiment-name", "killed", "--cache-dir", str(tmp_path), *TINY, *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = ["train.py", "--data", tiny_h5, "--output", str(tmp_path / "results"), "--experiment-name", "killed",
+           "--cache-dir", str(tmp_path), *TINY, *args]
+    proc = start_script(*cmd)
     metrics = tmp_path / "results" / "killed" / "metrics.jsonl"
     deadline = time.time() + 300
     while not metrics.exists() and time.time() < deadline and proc.poll() is None:
@@ -77,7 +77,7 @@ def test_sigterm_then_relaunch_equals_uninterrupted(tmp_path, tiny_h5):
     assert "relaunch the same command to resume" in out
     saved = torch.load(tmp_path / "results" / "killed" / "last.pt", map_location="cpu", weights_only=True)
     assert saved["epoch"] < 6
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = run_script(*cmd)
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout
     assert_same_weights(weights(tmp_path / "results" / "full"), weights(tmp_path / "results" / "killed"), atol=1e-6)
@@ -92,8 +92,7 @@ def test_seed_quick_start_commands(tmp_path):
     (tmp_path / "data" / "raw").mkdir(parents=True)
 
     def run(*args):
-        r = subprocess.run([sys.executable, os.path.join(ROOT, args[0]), *args[1:]], cwd=code,
-                           capture_output=True, text=True, timeout=600)
+        r = run_script(os.path.join(ROOT, args[0]), *args[1:], cwd=code)
         assert r.returncode == 0, r.stderr[-2000:]
         return r
     run("simulate.py", "--n_flat", "100", "--n_pspl", "100", "--n_binary", "100", "--binary_preset", "baseline",
