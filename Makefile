@@ -1,12 +1,14 @@
 # Two commands on a fresh machine:
 #   make demo   create .venv (reused when present) and run the main job on a small default
 #   make test   the same environment plus test-only references, then the whole test suite
+#               (~6 min on 2 cores: two pytest workers; PYTEST_WORKERS=0 runs one process)
+#   make test-full  the same with the statistical checks at full power (LENSING_FULL_TESTS=1)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= outputs/demo
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test test-full gpu-check bench venv clean
 
 venv: $(VENV)/.installed
 
@@ -33,8 +35,19 @@ demo: venv
 	$(PY) evaluate.py --run $(OUT)/results/demo --data $(OUT)/microlensing.h5
 	@echo "data: $(OUT)/microlensing.h5   run: $(OUT)/results/demo   plots and metrics: $(OUT)/results/demo/eval_microlensing/"
 
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS = -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
+
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-full: $(VENV)/.installed-test
+	LENSING_FULL_TESTS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# the GPU check (bench/gpu_check.sh) into $(GPU_OUT); says so and stops where there is no CUDA
+GPU_OUT ?= outputs/gpu_check
+gpu-check: $(VENV)/.installed-test
+	PY=$(PY) bash bench/gpu_check.sh $(GPU_OUT)
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/bench_simulate.py

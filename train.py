@@ -274,6 +274,9 @@ def main(args):
         val_sums, scores = val if n_classes else (val, None)
         metrics = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                    "samples_per_s": float(sums[2]) / train_seconds, "partial_epoch": start_batch > 0,
+                   # CUDA: the run's peak of allocated memory on this process's GPU, MiB
+                   **({"peak_mem_mib": torch.cuda.max_memory_allocated(info.device) / 2**20}
+                      if info.device.type == "cuda" else {}),
                    **summarize(sums, "train", class_names, terms, extra_metrics),
                    **summarize(val_sums, "val", class_names, terms, extra_metrics),
                    **({f"val_{k}": v for k, v in task.val_metrics(*scores).items()} if scores else {})}

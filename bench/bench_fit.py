@@ -1,6 +1,7 @@
 """Speed and quality of the single-lens fits behind the residual features and the Δχ² ceiling.
 
     python bench/bench_fit.py --data outputs/ml_bench/planetary.h5 --n 600
+    python bench/bench_fit.py --data small.h5 --tiny      # 3 events per class (seconds; the tests run it)
 
 For n single-lens and n binary events of a simulator file: seconds per event of the point-source
 fit and of the point-or-finite-source fit (`fit_pspl(..., finite_source=True)`), and the share of
@@ -26,7 +27,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a simulate.py --task microlensing file")
     parser.add_argument("--n", type=int, default=600, help="events per class")
+    parser.add_argument("--tiny", action="store_true", help="3 events per class (a smoke run)")
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.n = 3
     with mlh5.open_checked(args.data) as f:
         y = f["labels"][:]
         rows = np.sort(np.concatenate([np.nonzero(y == c)[0][:args.n] for c in (1, 2)]))

@@ -10,6 +10,9 @@ from the RAM cache, normalised and augmented (8 flips/rotations, shifts, noise) 
 the way train.py's fetch does. inference: forward passes of an untrained model on 5x41x41 in
 fp32 / bf16 and NCHW / channels-last. predict: the whole command (start-up, ingestion of the
 FITS files, inference, CSV) on a run directory made from an untrained model, timed from outside.
+--device cuda gives the GPU figures (inference and predict.py; the loader stays on the CPU);
+--tiny runs every part on a few objects in seconds (the test suite runs it, so the script cannot
+rot unnoticed).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ sys.path.insert(0, ROOT)
 from data.cache import SharedArrays  # noqa: E402
 from engine.distributed import DistInfo  # noqa: E402
 from models import create_model  # noqa: E402
+from models.timm_classifier import native_input_size  # noqa: E402
 from tasks import TrainData  # noqa: E402
 from tasks import lens  # noqa: E402
 
@@ -57,33 +61,47 @@ def loader(n, batch, seconds, cache_dir):
     print(f"\ncached loader, batch {batch}, {n} objects of 5x41x41 float32 ({images.nbytes / 2**20:.0f} MiB):")
     for name, rate in rows:
         print(f"  {name:28s} {rate:10,.0f} samples/s")
+    return dict(rows)
 
 
-def inference(models, batches, seconds):
-    print("\ninference, 5x41x41, untrained weights, no TTA (images/s):")
-    print(f"  {'model':24s} {'batch':>5s} {'fp32 NCHW':>10s} {'fp32 CL':>10s} {'bf16 autocast CL':>17s} {'bf16 CL':>10s}")
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def inference(models, batches, seconds, device):
+    """Images/s of forward passes; returns {(model, batch, variant): images/s}."""
+    variants = (("fp32 NCHW", torch.float32, False, False), ("fp32 CL", torch.float32, True, False),
+                ("bf16 autocast CL", torch.float32, True, True), ("bf16 CL", torch.bfloat16, True, False))
+    print(f"\ninference on {device}, 5x41x41, untrained weights, no TTA (images/s):")
+    print(f"  {'model':24s} {'batch':>5s} " + " ".join(f"{v[0]:>17s}" for v in variants))
+    figures = {}
     for name in models:
-        model = create_model("timm", backbone=name, in_chans=5, input_size=lens.native_input_size(name, 41)).eval()
+        model = create_model("timm", backbone=name, in_chans=5, input_size=native_input_size(name, 41)).eval()
         for batch in batches:
-            x = torch.randn(batch, 5, 41, 41)
-            rates = []
-            for dtype, cl, autocast in ((torch.float32, False, False), (torch.float32, True, False),
-                                        (torch.float32, True, True), (torch.bfloat16, True, False)):
+            x = torch.randn(batch, 5, 41, 41, device=device)
+            for label, dtype, cl, autocast in variants:
                 fmt = torch.channels_last if cl else torch.contiguous_format
-                net = model.to(dtype=dtype, memory_format=fmt)
+                net = model.to(device=device, dtype=dtype, memory_format=fmt)
                 xi = x.to(dtype).contiguous(memory_format=fmt)
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    net(xi[:8])
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    net(xi)  # warm-up: kernels chosen, memory allocated
+                    sync(device)
                     done, start = 0, time.perf_counter()
                     while time.perf_counter() - start < seconds:
                         net(xi)
                         done += batch
-                rates.append(done / (time.perf_counter() - start))
-            print(f"  {name:24s} {batch:5d} " + " ".join(f"{r:10,.0f}" for r in rates[:2])
-                  + f" {rates[2]:17,.0f} {rates[3]:10,.0f}", flush=True)
+                        if done % (8 * batch) == 0:
+                            sync(device)
+                    sync(device)
+                figures[(name, batch, label)] = done / (time.perf_counter() - start)
+            print(f"  {name:24s} {batch:5d} " + " ".join(f"{figures[(name, batch, v[0])]:17,.0f}" for v in variants),
+                  flush=True)
+    return figures
 
 
-def predict_end_to_end(model_name, n, batch, tta, amp):
+def predict_end_to_end(model_name, n, batch, tta, amp, device="auto", warm=True):
+    """predict.py on n objects of 5 FITS files each, timed from outside; returns images/s."""
     from data.lens_images import FitsTemplate
     from engine.checkpoint import save_checkpoint
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +113,7 @@ def predict_end_to_end(model_name, n, batch, tta, amp):
             for b in "grizy":
                 templates[b].write(os.path.join(root, f"D1_N{i:07d}_{b}.fits"), i,
                                    rng.normal(0, 1, (41, 41)).astype(np.float32))
-        kwargs = dict(backbone=model_name, in_chans=5, n_outputs=1, input_size=lens.native_input_size(model_name, 41),
+        kwargs = dict(backbone=model_name, in_chans=5, n_outputs=1, input_size=native_input_size(model_name, 41),
                       drop_rate=0.0)
         run = os.path.join(tmp, "run")
         os.makedirs(run)
@@ -105,38 +123,48 @@ def predict_end_to_end(model_name, n, batch, tta, amp):
                                    "bands": list("grizy")}}, os.path.join(run, "best.pt"))
         cmd = [sys.executable, "predict.py", "--run-dirs", run, "--test-root", root, "--out-csv",
                os.path.join(tmp, "sub.csv"), "--batch-size", str(batch), "--tta", str(tta), "--amp", amp,
-               "--no-progress"]
-        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # warm the page cache and imports
+               "--device", str(device), "--no-progress"]
+        if warm:  # warm the page cache and imports
+            subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         start = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         seconds = time.perf_counter() - start
-    print(f"\npredict.py end to end: {model_name}, {n} objects (5 FITS files each), batch {batch}, TTA x{tta}, "
-          f"{amp}: {seconds:.1f} s = {n / seconds:,.0f} images/s (start-up included)", flush=True)
+    print(f"\npredict.py end to end on {device}: {model_name}, {n} objects (5 FITS files each), batch {batch}, "
+          f"TTA x{tta}, {amp}: {seconds:.1f} s = {n / seconds:,.0f} images/s (start-up included)", flush=True)
+    return n / seconds
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", nargs="+", default=["loader", "inference", "predict"],
                    choices=["loader", "inference", "predict"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="inference and predict.py (the loader part stays on the CPU)")
     p.add_argument("--models", nargs="+", default=["convnext_tiny", "resnet18", "efficientnet_b0",
                                                    "mobilenetv3_small_100"])
     p.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--n", type=int, default=8000, help="objects for the end-to-end predict.py run")
+    p.add_argument("--predict-batch", type=int, default=256)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--cache-dir", default=None)
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="every part on a few objects, in seconds (a smoke run)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.models, args.batches, args.n, args.predict_batch, args.seconds = ["resnet18"], [4], 8, 4, 0.2
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the predict.py subprocess
     print(f"{args.threads} thread(s); torch {torch.__version__}; CPU AMX: "
           f"{getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()}")
     if "loader" in args.parts:
-        loader(20000, 256, args.seconds, args.cache_dir)
+        loader(512 if args.tiny else 20000, 64 if args.tiny else 256, args.seconds, args.cache_dir)
     if "inference" in args.parts:
-        inference(args.models, args.batches, args.seconds)
+        inference(args.models, args.batches, args.seconds, device)
     if "predict" in args.parts:
-        for amp in ("fp32", "bf16"):
-            predict_end_to_end("convnext_tiny", args.n, 256, 1, amp)
+        for amp in ("fp32",) if args.tiny else ("fp32", "bf16"):
+            predict_end_to_end("resnet18" if args.tiny else "convnext_tiny", args.n, args.predict_batch, 1, amp,
+                               device, warm=not args.tiny)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
     python bench/bench_lens_ingest.py                       # 2000 objects x 5 bands, ~1.5 min on 1 core
     python bench/bench_lens_ingest.py --n-objects 500 --repeats 5 --keep /tmp/cutouts
+    python bench/bench_lens_ingest.py --tiny                # 8 objects, one pass (the tests run it)
 
 Writes N objects (grizy, 41x41 float32, a few NaN/Inf pixels) twice: with FitsTemplate (the
 simulator's writer, the challenge layout) and with astropy's own BinTableHDU writer (same
@@ -43,6 +44,7 @@ def get_args_parser():
     parser.add_argument("--size", type=int, default=41, help="cutout side, pixels")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per reader; the best is quoted")
     parser.add_argument("--keep", default="", help="write the files here and keep them (default: a temp folder)")
+    parser.add_argument("--tiny", action="store_true", help="8 objects, one pass (a smoke run)")
     return parser
 
 
@@ -104,6 +106,8 @@ def time_reader(read, objects, repeats):
 
 
 def main(args):
+    if args.tiny:
+        args.n_objects, args.repeats = 8, 1
     root = args.keep or tempfile.mkdtemp(prefix="lens_ingest_")
     try:
         t = time.perf_counter()

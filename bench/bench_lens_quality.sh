@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark-scale lens finding on simulations, as a user would run it (~35 min on 2 CPU cores):
 #   bash bench/bench_lens_quality.sh                 # OUT=outputs/lens_bench N=10000 (lenses and non-lenses each)
+#   TINY=1 OUT=/tmp/lens bash bench/bench_lens_quality.sh   # every step on 16 images per class, 1 epoch (the tests run it)
 # 1. lsst (grizy 41x41, FITS): ResNet18 and a ConvNeXt trained on the same split (val 20%, test 10%,
 #    best checkpoint by validation AUC), each test split evaluated, one table by evaluate.py --compare;
 # 2. learnability: a ResNet18 on lens-finding-64 (gri 64x64, min-max per channel) evaluated on its
@@ -9,6 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+if [[ ${TINY:-0} == 1 ]]; then
+    : "${N:=16}" "${N64:=16}" "${EPOCHS_R18:=1}" "${EPOCHS_CNX:=1}" "${WORKERS:=0}" "${BOOTSTRAP:=10}"
+fi
+WORKERS=${WORKERS:-2}
+BOOTSTRAP=${BOOTSTRAP:-100}
 OUT=${OUT:-outputs/lens_bench}
 N=${N:-10000}
 N64=${N64:-4000}
@@ -19,24 +25,24 @@ SAMPLES=${SAMPLES:-../shared/samples/deeplense_lens_finding}
 COMMON=(--task lens --lr 1e-3 --batch-size 128 --output "$OUT/results" --no-progress)
 mkdir -p "$OUT"
 [[ -d $OUT/lsst/lenses ]] || $PY simulate.py --task lens --config lsst --n-lens "$N" --n-nonlens "$N" --format fits \
-    --num-workers 2 --seed 1 --no-progress --output "$OUT/lsst" --preview "$OUT/lsst_preview.png"
+    --num-workers "$((WORKERS > 0 ? WORKERS : 1))" --seed 1 --no-progress --output "$OUT/lsst" --preview "$OUT/lsst_preview.png"
 for model in resnet18 "$CONVNEXT"; do
     epochs=$EPOCHS_R18; [[ $model == resnet18 ]] || epochs=$EPOCHS_CNX
-    $PY train.py "${COMMON[@]}" --data "$OUT/lsst" --model "$model" --epochs "$epochs" --num-workers 2 \
+    $PY train.py "${COMMON[@]}" --data "$OUT/lsst" --model "$model" --epochs "$epochs" --num-workers "$WORKERS" \
         --experiment-name "lsst_$model"
     $PY evaluate.py --run "$OUT/results/lsst_$model" --candidates 64 --no-progress
 done
 $PY evaluate.py --compare "$OUT/results/lsst_resnet18" "$OUT/results/lsst_$CONVNEXT" --out-dir "$OUT"
 
 [[ -d $OUT/lf64/lenses ]] || $PY simulate.py --task lens --config lens-finding-64 --n-lens "$N64" \
-    --n-nonlens "$N64" --format npy --num-workers 2 --seed 2 --no-progress --output "$OUT/lf64" \
+    --n-nonlens "$N64" --format npy --num-workers "$((WORKERS > 0 ? WORKERS : 1))" --seed 2 --no-progress --output "$OUT/lf64" \
     --preview "$OUT/lf64_preview.png"
 $PY train.py "${COMMON[@]}" --data "$OUT/lf64" --model resnet18 --epochs "$EPOCHS_R18" --norm none \
     --experiment-name lf64_resnet18
 $PY evaluate.py --run "$OUT/results/lf64_resnet18" --no-progress
 if [[ -d $SAMPLES ]]; then
     $PY evaluate.py --run "$OUT/results/lf64_resnet18" --data "$SAMPLES" --out-dir "$OUT/deeplense_samples" \
-        --no-progress --n-bootstrap 100
+        --no-progress --n-bootstrap "$BOOTSTRAP"
     $PY predict.py --runs "$OUT/results/lf64_resnet18" --input "$SAMPLES" --output "$OUT/deeplense_samples.csv" \
         --extra-columns --no-progress
     cat "$OUT/deeplense_samples.csv"

@@ -4,6 +4,7 @@ samples, and how learnable the simulated lenses are; prints tables, asserts noth
     python bench/bench_lens_realism.py                  # statistics + PNGs (~1 min on a CPU core)
     python bench/bench_lens_realism.py --learn          # + the small CNN's AUC (~4 min more)
     python bench/bench_lens_realism.py --h5 data/lf.h5  # an existing lens-finding-64 set
+    python bench/bench_lens_realism.py --tiny           # every part on a few images (the tests run it)
     # the same figures for an older simulator (a checkout made with `git archive`)
     git archive OLD | tar -x -C /tmp/old && python bench/bench_lens_realism.py --sim-root /tmp/old --learn
 
@@ -70,6 +71,7 @@ def get_args_parser():
     p.add_argument("--learn", action="store_true", help="also train the small CNN and quote its AUC")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tiny", action="store_true", help="a smoke run in seconds: 8 + 4 images per class, --learn, 1 epoch")
     return p
 
 
@@ -290,6 +292,8 @@ def learn(images, labels, n_train, n_test, epochs, seed, real_images, real_label
 
 
 def main(args):
+    if args.tiny:
+        args.n_train, args.n_test, args.learn, args.epochs = 8, 4, True, 1
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     real_images, real_labels = load_real(args.real)

@@ -6,6 +6,7 @@ the same scenes; prints a table of figures, asserts nothing.
     python bench/bench_lens_simulate.py --parts profile --cases model1-sphere   # where one render's time goes
     python bench/bench_lens_simulate.py --device cuda --batch 1024 --micro-batch 256   # the GPU figure
     python bench/bench_lens_simulate.py --json bench_lens.json           # also save the figures
+    python bench/bench_lens_simulate.py --tiny                           # every part on a few images (the tests run it)
 
 Cases (scenes from `physics.strong.scenes.sample`, float32 rendering, batched):
 - model1-sphere: deeplense-model1, every image of class sphere (SIE + shear + 25 point-mass
@@ -361,7 +362,7 @@ class Runner:
         return env
 
     def start(self, spec):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+        cmd = [os.environ.get("PY", sys.executable), os.path.abspath(__file__), "--worker", json.dumps(spec)]
         return subprocess.Popen(cmd, cwd=ROOT, env=self.env(spec), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
@@ -558,12 +559,18 @@ def get_args_parser():
                    help="TORCHINDUCTOR_CACHE_DIR for the workers (default: a fresh one, so compile times are cold)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true",
+                   help="a smoke run in seconds: a few images per case, eager, 1 thread, every part")
     return p
 
 
 def main(args):
     if args.worker:
         return worker(json.loads(args.worker))
+    if args.tiny:
+        args.parts, args.cases = ["throughput", "memory", "agree", "profile"], ["model1-sphere", "lsst-lens"]
+        args.compile, args.threads, args.n_images, args.n_lenstronomy = [0], [1], 4, 2
+        args.batch, args.micro_batch, args.mem_batches, args.n_agree = 2, 2, [2, 4], 1
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.lenstronomy and not have_lenstronomy():

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Label efficiency of MAE pretraining, as a user would run it (~45 min on 2 CPU cores):
 #   bash bench/bench_mae_quality.sh        # OUT=outputs/mae_bench, DATA: the substructure benchmark's set
+#   TINY=1 OUT=/tmp/mae DATA=/tmp/mae/sim bash bench/bench_mae_quality.sh   # every step on 10 images per class,
+#                                                                          # 1 epoch (the tests run it)
 # 1. the substructure benchmark's simulated set (deeplense-common, 1,500 per class; made here when
 #    missing), split once (val 20%, test 10%, seed 42) exactly as bench_substructure_quality.sh splits it;
 # 2. an MAE pretrained on the training split's images (labels ignored; MAE_EPOCHS epochs, defaults
@@ -15,14 +17,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+if [[ ${TINY:-0} == 1 ]]; then
+    : "${N:=10}" "${MAE_EPOCHS:=1}" "${EPOCHS:=1}" "${FRACTION:=0.5}" "${WORKERS:=1}" "${TTA:=1}"
+fi
+N=${N:-1500}
+WORKERS=${WORKERS:-2}
+TTA=${TTA:-8}
 OUT=${OUT:-outputs/mae_bench}
 DATA=${DATA:-outputs/substructure_bench/sim}
 MAE_EPOCHS=${MAE_EPOCHS:-60}
 EPOCHS=${EPOCHS:-40}
 FRACTION=${FRACTION:-0.1}
 mkdir -p "$OUT"
-[[ -d $DATA/no ]] || $PY simulate.py --task substructure --config deeplense-common --n-per-class 1500 --format npy \
-    --num-workers 2 --seed 7 --no-progress --output "$DATA"
+[[ -d $DATA/no ]] || $PY simulate.py --task substructure --config deeplense-common --n-per-class "$N" --format npy \
+    --num-workers "$WORKERS" --seed 7 --no-progress --output "$DATA"
 $PY train.py --task mae --data "$DATA" --epochs "$MAE_EPOCHS" --output "$OUT/results" --experiment-name mae \
     --no-progress
 $PY evaluate.py --run "$OUT/results/mae" --no-progress
@@ -34,7 +42,7 @@ $PY train.py "${FT[@]}" --lr 3e-3 --init-from "$OUT/results/mae" --linear-probe 
 $PY train.py "${FT[@]}" --lr 5e-4 --model resnet18 --experiment-name resnet18_f$FRACTION
 runs=()
 for name in vit_mae vit_scratch vit_probe resnet18; do
-    $PY evaluate.py --run "$OUT/results/${name}_f$FRACTION" --tta 8 --no-progress
+    $PY evaluate.py --run "$OUT/results/${name}_f$FRACTION" --tta "$TTA" --no-progress
     runs+=("$OUT/results/${name}_f$FRACTION")
 done
 $PY evaluate.py --compare "${runs[@]}" --out-dir "$OUT"

@@ -2,6 +2,7 @@
 
     python bench/bench_simulate.py                       # all parts (~15 min on 2 cores)
     python bench/bench_simulate.py --parts throughput    # end-to-end events/s only
+    python bench/bench_simulate.py --tiny                # every part on a few events (seconds; the tests run it)
 
 Parts:
 - throughput: events/s on one core, end to end (simulate.py with one worker, HDF5 write
@@ -14,6 +15,7 @@ Parts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import re
@@ -45,7 +47,7 @@ def throughput(sizes):
         for cls, n in sizes.items():
             counts = {"flat": 0, "pspl": 0, "binary": 0, cls: n}
             out = os.path.join(tmp, f"{cls}.h5")
-            cmd = [sys.executable, "simulate.py", "--no-progress", "--output", out, "--seed", "1",
+            cmd = [os.environ.get("PY", sys.executable), "simulate.py", "--no-progress", "--output", out, "--seed", "1",
                    "--n-flat", str(counts["flat"]), "--n-pspl", str(counts["pspl"]), "--n-binary", str(counts["binary"])]
             r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
             m = re.search(r"in ([\d.]+) s \((\d+) events/s, (\d+)% of the time writing\)", r.stdout)
@@ -86,17 +88,19 @@ def _accuracy_one(e):
     return np.max(np.abs(ours / ref - 1)), np.max(np.abs(fast / ref - 1))
 
 
-def accuracy(n_per_preset):
+def accuracy(n_per_preset, processes=None):
     print("\n== accuracy against VBBinaryLensing Tol=RelTol=1e-5 at full cadence (max |dA|/A per event)")
-    with mp.get_context("spawn").Pool(os.cpu_count()) as pool:
+    processes = processes or os.cpu_count()
+    with mp.get_context("spawn").Pool(processes) if processes > 1 else contextlib.nullcontext() as pool:
         for preset, n in n_per_preset.items():
-            res = np.array(pool.map(_accuracy_one, events(preset, n, seed=777), chunksize=1))
+            jobs = events(preset, n, seed=777)
+            res = np.array(pool.map(_accuracy_one, jobs, chunksize=1) if pool else [_accuracy_one(e) for e in jobs])
             ours, fast = res[:, 0], res[:, 1]
             print(f"{preset:9s} {n:4d} events: adaptive worst {ours.max():.2e}, median {np.median(ours):.1e}, "
                   f"over 1e-3: {(ours > 1e-3).sum()}  |  full-cadence Tol=1e-3 worst {fast.max():.2e}")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["throughput", "ratio", "accuracy"],
                         choices=["throughput", "ratio", "accuracy"])
@@ -105,14 +109,18 @@ def main():
     parser.add_argument("--n-binary", type=int, default=640)
     parser.add_argument("--n-ratio", type=int, default=100, help="events per preset for the speed ratio")
     parser.add_argument("--n-accuracy", type=int, default=200, help="baseline events; other presets get half")
-    args = parser.parse_args()
+    parser.add_argument("--processes", type=int, default=None, help="accuracy part (default: every core)")
+    parser.add_argument("--tiny", action="store_true", help="every part on a few events, in seconds (a smoke run)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.n_flat, args.n_pspl, args.n_binary, args.n_ratio, args.n_accuracy, args.processes = 20, 20, 4, 2, 4, 1
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     if "throughput" in args.parts:
         throughput({"flat": args.n_flat, "pspl": args.n_pspl, "binary": args.n_binary})
     if "ratio" in args.parts:
         ratio(args.n_ratio)
     if "accuracy" in args.parts:
-        accuracy({p: args.n_accuracy if p == "baseline" else args.n_accuracy // 2 for p in PRESETS})
+        accuracy({p: args.n_accuracy if p == "baseline" else args.n_accuracy // 2 for p in PRESETS}, args.processes)
 
 
 if __name__ == "__main__":

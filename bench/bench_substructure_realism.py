@@ -5,6 +5,7 @@ deeplense-common; prints tables, asserts nothing.
     python bench/bench_substructure_realism.py --n 300 --out outputs/bench_substructure_realism  # ~30 s, 1 core
     # with a model's scores on the public samples (header id,p_no,p_sphere,p_vort,class; id like no/1)
     python bench/bench_substructure_realism.py --n 300 --predictions scores.csv
+    python bench/bench_substructure_realism.py --tiny --out /tmp/realism   # a smoke run (the tests run it)
 
 Simulates --n images per class with each config (seeded, in memory), measures every image with
 `image_statistics` (importable: the tests use it), and writes to --out:
@@ -324,10 +325,13 @@ def get_args_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--predictions", help="CSV id,p_no,p_sphere,p_vort,class of a model's scores on the public samples")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tiny", action="store_true", help="a smoke run in seconds: 3 images per class and config")
     return p
 
 
 def main(args):
+    if args.tiny:
+        args.n = 3
     torch.set_num_threads(args.threads)
     public_images, public_ids = load_public(args.public)
     public = image_statistics(public_images)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Super-resolution on simulated 75x75 -> 150x150 pairs, as a user would run it (~40 min on 2 CPU cores):
 #   bash bench/bench_superres_quality.sh   # OUT=outputs/superres_bench; MAE: bench_mae_quality.sh's MAE run
+#   TINY=1 OUT=/tmp/sr MAE=/tmp/mae/results/mae bash bench/bench_superres_quality.sh   # 8 pairs, 1 epoch (the tests)
 # 1. N pairs of the simulator's superres config (Model I scenes, HR 0.05"/px, LR 0.1"/px with its own
 #    PSF and noise), split once (val 10%, test 10%, seed 42);
 # 2. EDSR (32 features, 6 residual blocks: a CPU-sized one), and mae_sr initialised from the MAE (when
@@ -11,6 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+if [[ ${TINY:-0} == 1 ]]; then
+    : "${N:=8}" "${EPOCHS:=1}"
+fi
 OUT=${OUT:-outputs/superres_bench}
 N=${N:-1500}
 EPOCHS=${EPOCHS:-15}

@@ -2,6 +2,7 @@
 
     python bench/bench_train.py --parts throughput                 # both models, d=64, 4 layers
     python bench/bench_train.py --parts memory --data data.h5      # torchrun 1, 2, 4 processes
+    python bench/bench_train.py --tiny --data data.h5              # both parts in seconds (the tests run it)
 
 Throughput: forward + backward + AdamW step on random (B, T, 4) inputs at the default grid
 (T = 864, 2-hour bins), after warm-up. Memory: proportional set size (PSS: shared pages are
@@ -89,8 +90,8 @@ def memory(data, nprocs, epochs):
     return peak / 1024, cache_bytes / 2**20
 
 
-def main():
-    p = argparse.ArgumentParser()
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", nargs="+", default=["throughput", "memory"], choices=("throughput", "memory"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=32)
@@ -100,7 +101,12 @@ def main():
     p.add_argument("--data", default=None, help="HDF5 file for the memory part")
     p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--epochs", type=int, default=1)
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true",
+                   help="a smoke run in seconds: 2 steps of batch 4 on T=64, memory with 1 process (if --data)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.steps, args.batch_size, args.seq_len, args.nprocs = 2, 4, 64, [1]
+        args.parts = [part for part in args.parts if part != "memory" or args.data]
     device = torch.device(args.device)
     if "throughput" in args.parts:
         print(f"training throughput on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}, "

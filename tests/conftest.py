@@ -8,6 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 FRESH = os.environ.get("LENSING_TEST_FRESH", "") not in ("", "0")
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # `make test` runs two pytest workers on two cores: one thread per process, no oversubscription
+    os.environ["OMP_NUM_THREADS"] = "1"
 _launcher = []
 
 
@@ -104,3 +107,14 @@ def terminate_when(args, ready, timeout=120):
     if proc.returncode == 0:
         pytest.skip("the run finished before it could be interrupted")
     return proc.returncode, err
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA-marked tests are skipped on a machine without a GPU (bench/gpu_check.sh runs them)."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (bench/gpu_check.sh runs these where one is lent)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

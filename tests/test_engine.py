@@ -1,4 +1,5 @@
 """The generic loop: schedule, AMP settings, non-finite loss, signals; bf16/fp16 runs on CPU."""
+import json
 import signal
 
 import numpy as np
@@ -64,9 +65,24 @@ def test_stop_request_on_sigusr1():
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_reduced_precision_runs_on_cpu(tmp_path, tiny_h5, amp):
-    r = train(tmp_path, tiny_h5, "--epochs", "1", "--batch-size", "16", "--amp", amp, name=amp)
-    assert r.returncode == 0, r.stderr
-    ckpt = torch.load(tmp_path / "results" / amp / "last.pt", map_location="cpu", weights_only=True)
+    amp_run(tmp_path, tiny_h5, amp, "cpu")  # tests/test_cuda.py runs the same on a GPU
+
+
+def amp_run(tmp_path, data, amp, device):
+    """Two epochs in `amp` on `device`, then one more by relaunching (the scaler's state resumes)."""
+    r = train(tmp_path, data, "--epochs", "2", "--batch-size", "16", "--amp", amp, "--device", device,
+              "--features", "basic", "--truncate-augment", "0", name=amp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"on {device}, amp {amp}" in r.stdout
+    run = tmp_path / "results" / amp
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["config"]["amp"] == amp
-    assert bool(ckpt["scaler"]) == (amp == "fp16")  # the scaler's state is saved when it is used
+    assert bool(ckpt["scaler"]) == (amp == "fp16") and (amp != "fp16" or ckpt["scaler"]["scale"] > 0)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    metrics = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert all(np.isfinite(m["train_loss"]) for m in metrics)
+    assert (device == "cuda") == ("peak_mem_mib" in metrics[-1])
+    again = train(tmp_path, data, "--epochs", "3", "--batch-size", "16", "--amp", amp, "--device", device,
+                  "--features", "basic", "--truncate-augment", "0", name=amp)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-3000:]
+    assert len(open(run / "metrics.jsonl").readlines()) == 3
