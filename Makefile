@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make demo   create .venv (reused when present) and run the main job on a small default
 #   make test   the same environment plus test-only references, then the whole test suite
-#               (~6 min on 2 cores: two pytest workers; PYTEST_WORKERS=0 runs one process)
+#               (~6 min on 2 cores from a clean clone: two pytest workers; PYTEST_WORKERS=0: one process)
 #   make test-full  the same with the statistical checks at full power (LENSING_FULL_TESTS=1)
 PYTHON ?= python3
 VENV := .venv

@@ -49,6 +49,10 @@ def _run_child(request, fds):
     os.environ.clear()
     os.environ.update(request["env"])
     script = os.path.abspath(request["argv"][0])
+    if not os.path.isfile(script):  # as the interpreter says it
+        print(f"{sys.executable}: can't open file {script!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(2)
     sys.argv = [script, *request["argv"][1:]]
     sys.path[0] = os.path.dirname(script)
     import random
@@ -73,6 +77,9 @@ def _run_child(request, fds):
         elif not isinstance(code, int):
             print(code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:  # the interpreter ends by SIGINT then (status -2 to the caller)
+        sys.excepthook(*sys.exc_info())
+        code = -signal.SIGINT
     except BaseException:  # an uncaught exception: its traceback and status 1
         sys.excepthook(*sys.exc_info())
         code = 1
@@ -88,6 +95,9 @@ def _run_child(request, fds):
             stream.flush()
         except (OSError, ValueError):
             pass
+    if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code & 0xFF)
 
 
@@ -123,8 +133,17 @@ def serve(path):
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # request handlers are reaped by the kernel
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    parent = os.getppid()
+    server.settimeout(2.0)
     while True:
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except (socket.timeout, TimeoutError):
+            if os.getppid() != parent:  # the pytest process is gone (even killed): so is its server
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+                return
+            continue
+        conn.settimeout(None)
         sys.stdout.flush()
         sys.stderr.flush()
         if os.fork() == 0:
