@@ -14,8 +14,9 @@
     python evaluate.py --run results/mae_common_s42
     python evaluate.py --run results/superres_edsr_sr_s42
 
-    # one table of several evaluated runs (CSV and Markdown)
+    # one table of several runs (CSV and Markdown); runs not evaluated yet are evaluated first
     python evaluate.py --compare results/lens_resnet18_lsst_s42 results/lens_convnext_nano_lsst_s42
+    python evaluate.py --compare results/lens_* elsewhere/eval_survey   # runs and evaluation folders
 
     # on SLURM: sbatch/evaluate.sbatch
 
@@ -35,6 +36,7 @@ psnr_ssim_vs_bicubic.png, per_image_metrics.csv (the model and bicubic on the sa
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -48,6 +50,9 @@ from engine.inference import find_run, load_run
 from tasks import TASKS, TaskError, get_task
 
 
+EVALUATIONS_LIST = "evaluations.txt"  # in a run directory: evaluation folders written elsewhere (--out-dir)
+
+
 class EvaluateError(Exception):
     """Bad input: reported as one line."""
 
@@ -58,9 +63,11 @@ def get_args_parser():
     which.add_argument("--experiment-name", help="run directory name under --output, or part of it")
     which.add_argument("--run", help="a run directory or checkpoint file")
     which.add_argument("--compare", nargs="+", metavar="RUN_DIR",
-                       help="one table of evaluated runs (model, parameters, training time, samples/s, metrics): "
+                       help="one table of runs (model, parameters, training time, samples/s, metrics): "
                             "<--out-dir or .>/comparison.csv and .md, and the task's metric against training "
-                            "time (comparison_<metric>_vs_time.png); RUN_DIR may be a glob")
+                            "time (comparison_<metric>_vs_time.png); RUN_DIR may be a glob, or an evaluation "
+                            "folder (one with evaluation_summary.json); a run's newest evaluation is used, wherever "
+                            "it was written, and a run not evaluated yet is evaluated first (its test split)")
     p.add_argument("--output", default="results", help="folder holding run directories")
     p.add_argument("--data", nargs="+", default=None,
                    help="data to evaluate (default: the run's own data, test split); lens: FITS roots, "
@@ -78,17 +85,40 @@ def get_args_parser():
     return p
 
 
+def evaluations_of(run) -> list[str]:
+    """evaluation_summary.json files of a run, oldest first: its eval_*/ folders and those written
+    elsewhere with --out-dir (listed in <run>/evaluations.txt)."""
+    import glob
+    paths = glob.glob(os.path.join(run, "eval_*", "evaluation_summary.json"))
+    listed = os.path.join(run, EVALUATIONS_LIST)
+    if os.path.isfile(listed):
+        with open(listed) as f:
+            paths += [os.path.join(line.strip(), "evaluation_summary.json") for line in f if line.strip()]
+    return sorted({p for p in paths if os.path.isfile(p)}, key=os.path.getmtime)
+
+
 def compare(args):
-    """Rows of evaluated runs side by side, from their evaluation_summary.json and metrics.jsonl."""
+    """Rows of runs side by side, from their newest evaluation_summary.json and metrics.jsonl."""
     import csv
     import glob
-    runs = sorted({r for pattern in args.compare for r in (glob.glob(pattern) or [pattern])})
     rows = []
-    for run in runs:
-        summaries = sorted(glob.glob(os.path.join(run, "eval_*", "evaluation_summary.json")), key=os.path.getmtime)
-        if not summaries:
-            raise EvaluateError(f"{run}: no eval_*/evaluation_summary.json; run evaluate.py --run {run} first")
-        with open(summaries[-1]) as f:
+    for item in sorted({r for pattern in args.compare for r in (glob.glob(pattern) or [pattern])}):
+        if os.path.isfile(os.path.join(item, "evaluation_summary.json")):  # an evaluation folder
+            summary_path = os.path.join(item, "evaluation_summary.json")
+            with open(summary_path) as f:
+                run = os.path.dirname(json.load(f)["checkpoint"])
+            if not os.path.isdir(run):
+                raise EvaluateError(f"{item}: the evaluation of run {run}, which is not there")
+        else:
+            run = item
+            summaries = evaluations_of(run)
+            if summaries:
+                summary_path = summaries[-1]
+            else:  # not evaluated yet: its own test split, with this command's evaluation options
+                print(f"{run}: no evaluation yet; evaluating its test split", flush=True)
+                summary_path = os.path.join(evaluate_run(argparse.Namespace(**{**vars(args), "out_dir": None}), run),
+                                            "evaluation_summary.json")
+        with open(summary_path) as f:
             summary = json.load(f)
         try:
             ckpt, model, _ = load_run(run, None, "last")
@@ -102,7 +132,7 @@ def compare(args):
                "parameters": sum(p.numel() for p in model.parameters()), "epochs": len(epochs),
                "train_minutes": sum(e.get("train_seconds", 0.0) for e in epochs) / 60,
                "train_samples_per_s": float(np.median([e["samples_per_s"] for e in epochs] or [np.nan])),
-               "evaluated_on": f"{summary['rows']} ({os.path.basename(os.path.dirname(summaries[-1]))})"}
+               "evaluated_on": f"{summary['rows']} ({os.path.basename(os.path.dirname(summary_path))})"}
         row.update(task.compare_columns(summary))
         rows.append(row)
     out_dir = args.out_dir or "."
@@ -127,13 +157,11 @@ def compare(args):
     return 0
 
 
-def main(args):
-    if args.compare:
-        return compare(args)
+def evaluate_run(args, run) -> str:
+    """Evaluate one run (a directory or checkpoint) as args say; returns the output folder."""
     args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        run = args.run or find_run(args.experiment_name, args.output)
-        ckpt, model, ckpt_path = load_run(run, None, args.checkpoint)
+        ckpt, model, ckpt_path = load_run(os.path.abspath(run), None, args.checkpoint)
     except CheckpointError as err:
         raise EvaluateError(str(err)) from None
     if ckpt["task"] not in TASKS:
@@ -142,7 +170,22 @@ def main(args):
     out_dir = summary.pop("out_dir")
     with open(os.path.join(out_dir, "evaluation_summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
+    run_dir = os.path.dirname(os.path.abspath(ckpt_path))
+    if os.path.dirname(os.path.abspath(out_dir)) != run_dir:  # written elsewhere: the run keeps a pointer
+        with open(os.path.join(run_dir, EVALUATIONS_LIST), "a") as f:
+            f.write(os.path.abspath(out_dir) + "\n")
     print(f"{summary['headline']}\nplots and metrics in {out_dir}", flush=True)
+    return out_dir
+
+
+def main(args):
+    if args.compare:
+        return compare(args)
+    try:
+        run = args.run or find_run(args.experiment_name, args.output)
+    except CheckpointError as err:
+        raise EvaluateError(str(err)) from None
+    evaluate_run(args, run)
     return 0
 
 

@@ -11,9 +11,10 @@
     # one node, 4 processes (NCCL on GPUs, gloo on CPU)
     torchrun --standalone --nproc-per-node 4 train.py --data baseline.h5 --amp bf16
 
-    # lens finding (--task lens): a folder of lenses/nonlenses, an image HDF5 file, or roots per class
+    # lens finding (--task lens): a folder of lenses/nonlenses, an image HDF5 file, or roots per class;
+    # without --task, the task follows from the data (seed 000's command runs as it was written)
     python train.py --task lens --data data/lsst --model resnet18 --epochs 20
-    python train.py --task lens --mode train --model-name convnext_tiny --train-roots A B --train-roots-neg C D \
+    python train.py --mode train --model-name convnext_tiny --train-roots A B --train-roots-neg C D \
         --index-cache idx.pkl --val-split 0.2 --epochs 30 --batch-size 512 --num-workers 4 --cache-ratio 1
 
     # substructure (--task substructure): DeepLense class folders no/sphere/vort, simulations or HDF5
@@ -60,7 +61,10 @@ class TrainError(Exception):
 def get_args_parser():
     p = OneLineErrorParser("train.py", description=__doc__.split("\n")[0])
     g = p.add_argument_group("data")
-    g.add_argument("--task", default="microlensing", choices=TASKS)
+    g.add_argument("--task", default=None, choices=TASKS,
+                   help="default: from the data (--train-roots / --train-roots-neg or class folders lenses/nonlenses: "
+                        "lens; no/sphere/vort: substructure; LR/ and HR/: superres; an image HDF5 file: the task it "
+                        "was simulated for; --resume: the run's), else microlensing")
     g.add_argument("--data", default=None, help="microlensing: simulator HDF5 file; lens: an image HDF5 file or a "
                                                 "folder with lenses/nonlenses class folders (FITS or .npy); "
                                                 "substructure: a folder of no/sphere/vort class folders or HDF5; "
@@ -144,7 +148,45 @@ def check_same_run(saved: dict, config: dict, run_dir: str, identity_keys):
                          "use another --experiment-name or --output")
 
 
+def infer_task(args) -> tuple[str, str]:
+    """(task, why) for a command without --task, so seed 000's `--train-roots A --train-roots-neg B`
+    and the thesis's `--data file.h5` both run unchanged; image HDF5 files carry their task."""
+    if args.resume:
+        path = os.path.join(args.resume, "last.pt") if os.path.isdir(args.resume) else args.resume
+        try:
+            return load_checkpoint(path)["task"], f"the run {args.resume}"
+        except (CheckpointError, KeyError):
+            pass  # run_directory() reports an unusable --resume
+    if getattr(args, "train_roots", None) or getattr(args, "train_roots_neg", None):
+        return "lens", "--train-roots / --train-roots-neg"
+    data = args.data
+    if data and os.path.isdir(data):
+        from data import lens_data, sr_pairs
+        if lens_data.has_class_folders(data):
+            return "lens", f"{data} holds lenses / nonlenses folders"
+        if lens_data.has_class_folders(data, lens_data.SUBSTRUCTURE_FOLDERS):
+            return "substructure", f"{data} holds no / sphere / vort folders"
+        if any(os.path.isdir(os.path.join(data, d)) for d in sr_pairs.LR_FOLDERS):
+            return "superres", f"{data} holds LR/ and HR/ folders"
+    if data and os.path.isfile(data):
+        import h5py
+        try:
+            with h5py.File(data, "r") as f:
+                task = f.attrs.get("task")
+        except OSError:
+            task = None  # the task's own reader reports an unreadable file
+        if isinstance(task, bytes):
+            task = task.decode()
+        if task in TASKS:
+            return task, f"{data} was simulated for it"
+    return "microlensing", "the default"
+
+
 def main(args):
+    if args.task is None:
+        args.task, why = infer_task(args)
+        if args.task != "microlensing" and os.environ.get("RANK", "0") == "0":
+            print(f"train.py: --task {args.task} ({why})", flush=True)
     task = get_task(args.task)
     resolve_defaults(args, task)
     check_args(args, task)

@@ -50,13 +50,14 @@ def roots(tmp_path_factory):
 def seed_run(roots, tmp_path_factory):
     """The seed's training command, as it was, on tiny data (then the run directory)."""
     work = tmp_path_factory.mktemp("seedrun")
-    r = run_script("train.py", "--task", "lens", "--mode", "train", "--model-name", "resnet18",
+    r = run_script("train.py", "--mode", "train", "--model-name", "resnet18",
                    "--train-roots", roots["A"], roots["B"], "--train-roots-neg", roots["C"], roots["D"],
                    "--index-cache", str(work / "idx.pkl"), "--val-split", "0.2", "--epochs", "2",
                    "--batch-size", "16", "--num-workers", "2", "--cache-ratio", "1",
                    "--output", str(work / "runs"), "--experiment-name", "r18", "--cache-dir", str(work),
                    "--no-progress", "--lr", "1e-3")
     assert r.returncode == 0, r.stderr
+    assert "--task lens (--train-roots / --train-roots-neg)" in r.stdout  # no --task, as the seed wrote it
     assert "non-finite pixels set to 0: 9 in 1 objects" in r.stdout
     return work / "runs" / "r18", work
 
@@ -262,6 +263,32 @@ def test_two_ranks_share_one_ingestion(roots, tmp_path):
         + ["--experiment-name", "ddp_bad"]
     r = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=300)  # fails on both ranks, no hang
     assert r.returncode != 0 and r.stderr.count("no FITS cutouts") >= 2, r.stderr[-2000:]
+
+
+def test_compare_takes_unevaluated_runs_and_evaluation_folders(roots, seed_run, tmp_path):
+    """--compare evaluates a run that has none yet, finds an evaluation written with --out-dir
+    elsewhere, and takes an evaluation folder itself."""
+    run_dir, _ = seed_run
+    r = run_script("train.py", "--train-roots", roots["A"], "--train-roots-neg", roots["C"], "--model", "resnet18",
+                   "--output", str(tmp_path / "runs"), "--experiment-name", "fresh", "--cache-dir", str(tmp_path),
+                   *FAST)
+    assert r.returncode == 0 and "--task lens" in r.stdout, r.stderr
+    fresh = tmp_path / "runs" / "fresh"
+    elsewhere = tmp_path / "elsewhere"
+    r = run_script("evaluate.py", "--run", str(run_dir), "--out-dir", str(elsewhere), "--no-progress",
+                   "--n-bootstrap", "10")
+    assert r.returncode == 0, r.stderr
+    r = run_script("evaluate.py", "--compare", str(run_dir), str(fresh), "--out-dir", str(tmp_path / "table"),
+                   "--no-progress", "--n-bootstrap", "10")
+    assert r.returncode == 0, r.stderr
+    assert "no evaluation yet" in r.stdout and (fresh / "eval_test" / "evaluation_summary.json").is_file()
+    rows = {row["run"]: row for row in csv.DictReader(open(tmp_path / "table" / "comparison.csv"))}
+    assert set(rows) == {"r18", "fresh"}
+    assert rows["r18"]["evaluated_on"].endswith("(elsewhere)") and rows["fresh"]["evaluated_on"].endswith("(eval_test)")
+    assert float(rows["r18"]["auc"]) == json.load(open(elsewhere / "evaluation_summary.json"))["metrics"]["auc"]
+    r = run_script("evaluate.py", "--compare", str(elsewhere), "--out-dir", str(tmp_path / "table2"))
+    assert r.returncode == 0, r.stderr
+    assert [row["run"] for row in csv.DictReader(open(tmp_path / "table2" / "comparison.csv"))] == ["r18"]
 
 
 def one_error_line(r, prog):

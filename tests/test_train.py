@@ -222,3 +222,32 @@ def test_bad_inputs(tmp_path, tiny_h5):
         assert not (tmp_path / "p.csv").exists()
     r = run_script("train.py", "--data", tiny_h5, "--unknown-flag")
     assert "unrecognized arguments" in one_error_line(r, "train.py")
+
+
+def test_task_follows_from_the_data_without_task(tmp_path, tiny_h5):
+    """train.py without --task: seed 000's roots -> lens, class folders and image HDF5 files -> their
+    task, a run to resume -> its task, the thesis's simulator file -> microlensing."""
+    from argparse import Namespace
+
+    from train import infer_task
+
+    def task_of(**kw):
+        return infer_task(Namespace(**{"resume": None, "train_roots": [], "train_roots_neg": [], "data": None,
+                                       **kw}))[0]
+    for name, folders in (("lens", ("lenses", "nonlenses")), ("substructure", ("no", "sphere", "vort")),
+                          ("superres", ("LR", "HR"))):
+        for folder in folders:
+            (tmp_path / name / folder).mkdir(parents=True)
+        assert task_of(data=str(tmp_path / name)) == name
+    assert task_of(train_roots=["A"], train_roots_neg=["B"]) == "lens"
+    with h5py.File(tmp_path / "images.h5", "w") as f:
+        f.attrs["task"] = "substructure"
+        f["images"] = np.zeros((2, 1, 4, 4))
+    assert task_of(data=str(tmp_path / "images.h5")) == "substructure"
+    assert task_of(data=tiny_h5) == "microlensing"
+    assert task_of(data=str(tmp_path / "missing.h5")) == "microlensing"  # its reader reports the missing file
+    run = tmp_path / "results" / "a_lens_run"
+    run.mkdir(parents=True)
+    torch.save({"model": {}, "config": {"task": "lens"}, "model_name": "x", "model_kwargs": {}, "task": "lens",
+                "stats": {}}, run / "last.pt")
+    assert task_of(resume=str(run), data=tiny_h5) == "lens"
