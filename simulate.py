@@ -38,6 +38,7 @@ replaced without --overwrite.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -132,6 +133,10 @@ def get_args_parser():
     im.add_argument("--min-arc-snr", type=float, default=None,
                     help="lens task: redraw lenses (and non-lens rings, spirals, mergers, pairs) whose blue "
                          "feature has S/N below this (default 10; 0 keeps everything)")
+    im.add_argument("--negatives", choices=("sky", "hard"), default=None,
+                    help="lens: the non-lens mix. sky (default): mostly plain galaxies and neighbours, ring galaxies "
+                         "at a rare 1%%; hard: look-alike-rich (15%% rings at Einstein radii), for hard-negative "
+                         "training (physics/strong/survey.py)")
     im.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the ray shooting")
     im.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help=f"torch.compile the ray shooting (auto: substructure and superres runs from "
@@ -287,6 +292,10 @@ def image_setup(args):
         import torch
         if not torch.cuda.is_available():
             raise SimulationError(f"--device {args.device}: no CUDA device is available")
+    if args.negatives is not None and cfg.task != "lens":
+        raise SimulationError("--negatives applies to --task lens only")
+    if cfg.task == "lens":
+        cfg = dataclasses.replace(cfg, negatives=args.negatives or "sky")
     return cfg, bands
 
 

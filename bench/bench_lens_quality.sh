@@ -7,6 +7,7 @@
 # 2. learnability: a ResNet18 on lens-finding-64 (gri 64x64, min-max per channel) evaluated on its
 #    held-out split and run on the shared DeepLense lens-finding samples (../shared/samples) when present.
 # From scratch (no ImageNet weights), lr 1e-3, batch 128: fixed before any run, not tuned on the test split.
+# NEGATIVES=hard simulates the look-alike-rich non-lens mix instead of the sky's (the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,6 +16,7 @@ if [[ ${TINY:-0} == 1 ]]; then
 fi
 WORKERS=${WORKERS:-2}
 BOOTSTRAP=${BOOTSTRAP:-100}
+NEGATIVES=${NEGATIVES:-sky}  # the simulated non-lens mix (sky, or hard: look-alike-rich)
 OUT=${OUT:-outputs/lens_bench}
 N=${N:-10000}
 N64=${N64:-4000}
@@ -24,8 +26,10 @@ CONVNEXT=${CONVNEXT:-convnext_nano}
 SAMPLES=${SAMPLES:-../shared/samples/deeplense_lens_finding}
 COMMON=(--task lens --lr 1e-3 --batch-size 128 --output "$OUT/results" --no-progress)
 mkdir -p "$OUT"
+SIM_WORKERS=$((WORKERS > 0 ? WORKERS : 1))
 [[ -d $OUT/lsst/lenses ]] || $PY simulate.py --task lens --config lsst --n-lens "$N" --n-nonlens "$N" --format fits \
-    --num-workers "$((WORKERS > 0 ? WORKERS : 1))" --seed 1 --no-progress --output "$OUT/lsst" --preview "$OUT/lsst_preview.png"
+    --negatives "$NEGATIVES" --num-workers "$SIM_WORKERS" --seed 1 --no-progress --output "$OUT/lsst" \
+    --preview "$OUT/lsst_preview.png"
 for model in resnet18 "$CONVNEXT"; do
     epochs=$EPOCHS_R18; [[ $model == resnet18 ]] || epochs=$EPOCHS_CNX
     $PY train.py "${COMMON[@]}" --data "$OUT/lsst" --model "$model" --epochs "$epochs" --num-workers "$WORKERS" \
@@ -35,8 +39,8 @@ done
 $PY evaluate.py --compare "$OUT/results/lsst_resnet18" "$OUT/results/lsst_$CONVNEXT" --out-dir "$OUT"
 
 [[ -d $OUT/lf64/lenses ]] || $PY simulate.py --task lens --config lens-finding-64 --n-lens "$N64" \
-    --n-nonlens "$N64" --format npy --num-workers "$((WORKERS > 0 ? WORKERS : 1))" --seed 2 --no-progress --output "$OUT/lf64" \
-    --preview "$OUT/lf64_preview.png"
+    --n-nonlens "$N64" --format npy --negatives "$NEGATIVES" --num-workers "$SIM_WORKERS" --seed 2 --no-progress \
+    --output "$OUT/lf64" --preview "$OUT/lf64_preview.png"
 $PY train.py "${COMMON[@]}" --data "$OUT/lf64" --model resnet18 --epochs "$EPOCHS_R18" --norm none \
     --experiment-name lf64_resnet18
 $PY evaluate.py --run "$OUT/results/lf64_resnet18" --no-progress

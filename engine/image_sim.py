@@ -6,6 +6,7 @@ Progress is recorded after every block: a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -65,7 +66,7 @@ def init_worker(spec):
     if spec["compile"] and mp.current_process().name != "MainProcess":
         import torch._inductor.config as inductor_config
         inductor_config.compile_threads = 1  # no compile pool inside a pool worker
-    cfg = scenes.CONFIGS[spec["config"]]
+    cfg = dataclasses.replace(scenes.CONFIGS[spec["config"]], negatives=spec["negatives"])
     _STATE.update(spec=spec, cfg=cfg, renderer=render.Renderer(
         cfg, spec["device"], torch.float32, compile=spec["compile"]))
 
@@ -127,9 +128,10 @@ def run(args, cfg, bands):
         "counts": dict(zip(cfg.classes, map(int, counts))), "block_size": BLOCK_SIZE,
         "min_arc_snr": args.min_arc_snr, "compile": compile_on, "code_version": physics.__version__,
         "pixel_scale": cfg.pixel_scale, "size": cfg.size, "scaling": cfg.scaling,
+        **({"negatives": cfg.negatives} if cfg.task == "lens" else {}),
     }
     shard_tag = f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard else ""
-    spec = dict(config=cfg.name, seed=args.seed, bands=list(bands), device=args.device, compile=compile_on,
+    spec = dict(config=cfg.name, negatives=cfg.negatives, seed=args.seed, bands=list(bands), device=args.device, compile=compile_on,
                 min_arc_snr=args.min_arc_snr, threads=max(1, torch.get_num_threads() // args.num_workers))
     if args.format == "h5":
         sink = H5Sink(args, cfg, bands, definition, row_start, row_stop, shard_tag)
@@ -294,7 +296,7 @@ def merge_h5(paths, output):
         except (OSError, KeyError):
             raise SimulationError(f"{path}: not a finished shard of an image simulation") from None
     shards.sort()
-    keys = ("task", "config", "seed", "counts", "bands", "n_shards")
+    keys = ("task", "config", "negatives", "seed", "counts", "bands", "n_shards")
     first = shards[0][2]
     for start, path, attrs in shards:
         if any(str(attrs.get(k)) != str(first.get(k)) for k in keys):

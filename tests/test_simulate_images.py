@@ -287,6 +287,7 @@ def test_killed_folder_run_resumes_to_the_same_files(tmp_path, script):
     (("--task", "substructure", "--config", "lsst"), "makes lens images, not --task substructure"),
     (("--task", "substructure", "--format", "fits"), "use npy or h5"),
     (("--task", "lens", "--colour", "blue"), "unrecognized arguments: --colour"),
+    (("--task", "substructure", "--negatives", "hard"), "--negatives applies to --task lens only"),
 ])
 def test_bad_input_one_line(bad, message, tmp_path, script):
     r = script(*SIM, *bad, "--output", str(tmp_path / "out.h5"))
@@ -413,3 +414,32 @@ def test_stars_saturation_and_mask_geometry():
     corner = images[2][:, :4, -6:]  # bottom rows, right columns
     assert (corner == 0).all() and (images[2] == 0).sum() == 5 * 4 * 6
     assert np.isnan(images[3][:, :, 10:12]).all() and np.isnan(images[3]).sum() == 5 * 2 * 41
+
+
+@pytest.mark.parametrize("negatives", ["sky", "hard"])
+def test_nonlens_mix(negatives):
+    """The non-lens kinds come in the chosen mix's shares (sky: rings at 1%; hard: 15%)."""
+    import dataclasses
+
+    import torch
+
+    from physics.strong import scenes, survey
+    cfg = dataclasses.replace(scenes.CONFIGS["lens-finding-64"], negatives=negatives)
+    n = 20000
+    _, params = scenes.sample(cfg, torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(0))
+    shares = np.bincount(params["kind"].numpy().astype(int), minlength=len(survey.KIND_CODES))[1:] / n
+    expected = np.array(survey.NONLENS_MIXES[negatives])
+    assert np.all(np.abs(shares - expected) < 4 * np.sqrt(expected * (1 - expected) / n) + 1e-3), (shares, expected)
+
+
+def test_negatives_option_is_part_of_the_output(tmp_path, script):
+    """--negatives hard is recorded with the output (part of its definition, so shards and resumes agree)."""
+    out = tmp_path / "hard.h5"
+    r = script("simulate.py", "--task", "lens", "--config", "lens-finding-64", "--n-lens", "4", "--n-nonlens", "40",
+               "--negatives", "hard", "--seed", "2", "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    import h5py
+    with h5py.File(out, "r") as f:
+        assert f.attrs["negatives"] == "hard"
+        kinds = f["params/kind"][:][f["labels"][:] == 0]
+    assert (kinds == 2).sum() >= 1  # 15% rings: ~6 of 40 (P(none) = 0.15%)

@@ -48,6 +48,7 @@ class ImageConfig:
     doc: str = ""
     lr: dict = field(default_factory=dict)  # superres: low-resolution size, pixel scale, PSF, noise
     depth: tuple = (1.0, 1.0)      # survey: exposure / LSST 10-year stack, (lo, hi) log-uniform per image
+    negatives: str = "sky"         # survey: the non-lens mix (physics.strong.survey.NONLENS_MIXES)
 
     def band_list(self, bands=None):
         """The requested bands (default all); unknown ones raise ValueError."""

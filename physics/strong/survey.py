@@ -14,7 +14,15 @@ from physics.strong.instrument import LSST_BANDS, magnitude_to_flux
 from physics.strong.mass import q_phi_to_ellipticity
 
 NONLENS_KINDS = ("isolated", "ring", "spiral", "merger", "pair")
-NONLENS_WEIGHTS = (0.25, 0.15, 0.2, 0.2, 0.2)
+# Shares of each non-lens kind (in NONLENS_KINDS order), chosen with simulate.py --negatives:
+# - sky (default): what a lens search's candidate deflectors mostly are when nothing is lensed behind
+#   them: plain galaxies (55%), close neighbours and pairs (24%), late types with blue spiral arms
+#   (15%), mergers / tidal features (5%), and ring galaxies at a rare sky rate (1%: collisional and
+#   blue resonance rings are well under 1% of galaxies; 1% keeps the AUC against them measurable on a
+#   test split of a few thousand).
+# - hard: the look-alike-rich mix (15% rings at Einstein radii) for hard-negative training; lens
+#   finders' figures depend on the negatives (HOLISMOKES XI: AUROC 0.61 against spirals alone).
+NONLENS_MIXES = {"sky": (0.55, 0.01, 0.15, 0.05, 0.24), "hard": (0.25, 0.15, 0.2, 0.2, 0.2)}
 KIND_CODES = {k: i for i, k in enumerate(("lens",) + NONLENS_KINDS)}
 N_CLUMPS = 3
 N_FIELD = 4
@@ -61,7 +69,8 @@ def sample_survey(cfg, labels, gen):
     lens = labels == 1
     zeros = torch.zeros(n, dtype=torch.float64)
     half = cfg.size * cfg.pixel_scale / 2
-    kinds = torch.multinomial(torch.tensor(NONLENS_WEIGHTS, dtype=torch.float64), n, True, generator=gen) + 1
+    weights = torch.tensor(NONLENS_MIXES[cfg.negatives], dtype=torch.float64)
+    kinds = torch.multinomial(weights, n, True, generator=gen) + 1
     kinds[lens] = 0
 
     # deflector galaxy: the same distribution for both classes (a non-lens's deflector has the
