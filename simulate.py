@@ -292,8 +292,6 @@ def image_setup(args):
         import torch
         if not torch.cuda.is_available():
             raise SimulationError(f"--device {args.device}: no CUDA device is available")
-    if args.negatives is not None and cfg.task != "lens":
-        raise SimulationError("--negatives applies to --task lens only")
     if cfg.task == "lens":
         cfg = dataclasses.replace(cfg, negatives=args.negatives or "sky")
     return cfg, bands
@@ -314,6 +312,8 @@ def main(args):
         raise SimulationError(f"--num-workers must be >= 1, got {args.num_workers}")
     if args.preview and args.preview.isdigit() and int(args.preview) < 1:
         raise SimulationError(f"--preview needs at least 1 example per class, got {args.preview}")
+    if args.negatives is not None and args.task != "lens":
+        raise SimulationError("--negatives applies to --task lens only")
     if args.merge:
         run_merge(args)
         return

@@ -152,11 +152,12 @@ def infer_task(args) -> tuple[str, str]:
     """(task, why) for a command without --task, so seed 000's `--train-roots A --train-roots-neg B`
     and the thesis's `--data file.h5` both run unchanged; image HDF5 files carry their task."""
     if args.resume:
-        path = os.path.join(args.resume, "last.pt") if os.path.isdir(args.resume) else args.resume
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
         try:
-            return load_checkpoint(path)["task"], f"the run {args.resume}"
-        except (CheckpointError, KeyError):
-            pass  # run_directory() reports an unusable --resume
+            with open(os.path.join(run_dir, "config.json")) as f:
+                return json.load(f)["task"], f"the run {args.resume}"
+        except (OSError, ValueError, KeyError):
+            pass  # no readable config.json: run_directory() / the checkpoint loader say what is wrong
     if getattr(args, "train_roots", None) or getattr(args, "train_roots_neg", None):
         return "lens", "--train-roots / --train-roots-neg"
     data = args.data

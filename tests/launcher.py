@@ -93,7 +93,7 @@ def _run_child(request, fds):
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # the script closed it: nothing left to flush
             pass
     if code == -signal.SIGINT:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -123,7 +123,7 @@ def serve(path):
     for name in HEAVY:
         try:
             importlib.import_module(name)
-        except ImportError:
+        except ImportError:  # optional (e.g. a machine without VBBinaryLensing): imported by the script if used
             pass
     import gc
     gc.freeze()  # the imported objects stay out of the children's collections (fewer copied pages)

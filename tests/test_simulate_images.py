@@ -288,6 +288,7 @@ def test_killed_folder_run_resumes_to_the_same_files(tmp_path, script):
     (("--task", "substructure", "--format", "fits"), "use npy or h5"),
     (("--task", "lens", "--colour", "blue"), "unrecognized arguments: --colour"),
     (("--task", "substructure", "--negatives", "hard"), "--negatives applies to --task lens only"),
+    (("--task", "microlensing", "--negatives", "sky"), "--negatives applies to --task lens only"),
 ])
 def test_bad_input_one_line(bad, message, tmp_path, script):
     r = script(*SIM, *bad, "--output", str(tmp_path / "out.h5"))

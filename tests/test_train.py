@@ -248,6 +248,6 @@ def test_task_follows_from_the_data_without_task(tmp_path, tiny_h5):
     assert task_of(data=str(tmp_path / "missing.h5")) == "microlensing"  # its reader reports the missing file
     run = tmp_path / "results" / "a_lens_run"
     run.mkdir(parents=True)
-    torch.save({"model": {}, "config": {"task": "lens"}, "model_name": "x", "model_kwargs": {}, "task": "lens",
-                "stats": {}}, run / "last.pt")
+    (run / "config.json").write_text(json.dumps({"task": "lens"}))
     assert task_of(resume=str(run), data=tiny_h5) == "lens"
+    assert task_of(resume=str(run / "last.pt"), data=tiny_h5) == "lens"
