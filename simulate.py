@@ -137,6 +137,21 @@ def get_args_parser():
                     help="lens: the non-lens mix. sky (default): mostly plain galaxies and neighbours, ring galaxies "
                          "at a rare 1%%; hard: look-alike-rich (15%% rings at Einstein radii), for hard-negative "
                          "training (physics/strong/survey.py)")
+    inj = parser.add_argument_group("lenses painted into your own cutouts (--task lens --hosts ...)")
+    inj.add_argument("--hosts", nargs="+", metavar="PATH",
+                     help="survey cutouts to paint lensed sources into (lens and non-lens rows share them): folders of "
+                          "FITS (NAME_b.fits) or .npy cutouts, folders with class folders (their non-lens training "
+                          "folders only), or packed HDF5 files (their non-lens rows); any bands, square, any size")
+    inj.add_argument("--psf", metavar="FILE", help="the survey PSF: .npy or FITS, (k, k) for every band or (C, k, k)")
+    inj.add_argument("--psf-fwhm", type=lambda t: [float(v) for v in t.split(",")], metavar="F[,F...]",
+                     help="Moffat PSF FWHM in arcsec, one value or one per band (default: drawn per image from the "
+                          "config's seeing range)")
+    inj.add_argument("--pixel-scale", type=float, help="the hosts' pixel scale in arcsec (default: the config's)")
+    inj.add_argument("--host-shift", type=non_negative_int, default=4,
+                     help="hosts are used under a random symmetry of the square and a shift of up to this many "
+                          "pixels (edges reflected), so few hosts give many images")
+    inj.add_argument("--skip-bad", action="store_true",
+                     help="leave out (and list) unreadable hosts, hosts of another shape, hosts with no signal")
     im.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the ray shooting")
     im.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help=f"torch.compile the ray shooting (auto: substructure and superres runs from "
@@ -279,7 +294,7 @@ def image_setup(args):
     if cfg.task != args.task:
         raise SimulationError(f"--config {name} makes {cfg.task} images, not --task {args.task}")
     try:
-        bands = cfg.band_list(args.bands)
+        bands = cfg.band_list(None if args.hosts else args.bands)  # hosts name their own bands
     except ValueError as err:
         raise SimulationError(str(err)) from None
     if args.format == "fits" and cfg.task != "lens":
@@ -314,6 +329,15 @@ def main(args):
         raise SimulationError(f"--preview needs at least 1 example per class, got {args.preview}")
     if args.negatives is not None and args.task != "lens":
         raise SimulationError("--negatives applies to --task lens only")
+    if args.hosts:
+        if args.task != "lens":
+            raise SimulationError("--hosts paints lenses: it needs --task lens")
+        if args.negatives is not None:
+            raise SimulationError("--negatives chooses simulated non-lenses; with --hosts the non-lenses are your cutouts")
+        if args.shard or args.merge:
+            raise SimulationError("--hosts runs are not sharded (painting is fast); drop --shard / --merge")
+    elif args.psf or args.psf_fwhm or args.pixel_scale:
+        raise SimulationError("--psf, --psf-fwhm and --pixel-scale describe --hosts cutouts; give --hosts")
     if args.merge:
         run_merge(args)
         return
@@ -326,8 +350,13 @@ def main(args):
             print(f"wrote {png}")
         return
     cfg, bands = image_setup(args)
-    image_sim.run(args, cfg, bands)
-    if args.preview:
+    painting = image_sim.run(args, cfg, bands)
+    if args.preview and painting:
+        from plots.lens_images import plot_injections
+        png, per_class = preview_spec(args)
+        plot_injections(args.output, args.format, painting, png, per_class)
+        print(f"wrote {png}")
+    elif args.preview:
         from plots.lens_images import plot_examples as plot_images
         png, per_class = preview_spec(args)
         plot_images(args.output, args.format, cfg, bands, png, per_class)

@@ -296,8 +296,11 @@ def read_pixels(index, num_workers=0, skip_bad=False, progress=True, chunk=256):
                 if packed is None:
                     packed = np.empty((len(objects),) + image.shape, np.float32)
                 elif image.shape != packed.shape[1:]:
-                    raise LensDataError(f"{objects[i][3][0]}: image of shape {image.shape}, other objects have "
-                                        f"{packed.shape[1:]} (images of mixed shapes)")
+                    msg = f"{objects[i][3][0]}: image of shape {image.shape}, other objects have {packed.shape[1:]}"
+                    if not skip_bad:
+                        raise LensDataError(msg + " (images of mixed shapes); --skip-bad leaves such objects out")
+                    bad.append(msg)
+                    continue
                 finite = np.isfinite(image)
                 if not finite.all():
                     n_pixels += int(image.size - finite.sum())
@@ -390,3 +393,38 @@ def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, 
                                                 for p, lab in zip(params, arrays["labels"])])
     report["n_objects"] = int(len(out["labels"]))
     return out, report
+
+
+def load_hosts(paths, bands=None, skip_bad=False, num_workers=0, progress=True):
+    """Cutouts to paint lenses into (`simulate.py --hosts`): every object of roots of one class,
+    the non-lens training folders of roots with class folders (lenses and test folders are never
+    hosts: a lens would become a non-lens, a test object would leak into training), and the
+    non-lens rows of packed HDF5 files. Returns (images (N, C, H, W) float32, files (N,), report)
+    with report["bad"] listing what was left out: objects of another shape than the first and
+    objects without signal (all pixels equal: all NaN, all zero) with skip_bad, else LensDataError."""
+    sources = []
+    for path in paths:
+        if os.path.isdir(path) and has_class_folders(path):
+            found = [(root, lab) for root, lab in sources_of(data=path) if lab is not None and lab == (0, False)]
+            if not found:
+                raise LensDataError(f"{path}: no non-lens training folder (nonlenses/, train_nonlenses/) to take hosts "
+                                    f"from; give a folder of host cutouts")
+            sources += found
+        else:
+            sources += sources_of(neg_roots=[path]) if os.path.isdir(path) else sources_of(data=path)
+    data, report = load_all(sources, bands, skip_bad=skip_bad, num_workers=num_workers, progress=progress)
+    keep = data["labels"] == 0
+    images, files, ids = data["images"][keep], data["files"][keep], data["ids"][keep]
+    flat = images.reshape(len(images), -1)
+    blank = flat.min(1) == flat.max(1)  # NaN pixels were set to 0: an all-NaN cutout is all zero
+    if blank.any():
+        msgs = [f"{f if f.endswith('.npy') or not f.endswith(('.h5', '.hdf5')) else f + ':' + i}: "
+                f"no signal (every pixel {flat[j, 0]:g} once NaN/Inf are set to 0)"
+                for j, (f, i) in enumerate(zip(files, ids)) if blank[j]]
+        if not skip_bad:
+            raise LensDataError(msgs[0] + "; --skip-bad leaves such hosts out")
+        report["bad"] = list(report["bad"]) + msgs
+        images, files = images[~blank], files[~blank]
+    if not len(images):
+        raise LensDataError(f"no usable host cutouts in {', '.join(paths)}")
+    return images, files, report

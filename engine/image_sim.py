@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import physics
 from data import lens_images
+from engine import injection
 from engine.workers import Interrupted, ordered_results
 from physics.strong import render, scenes, survey
 
@@ -66,6 +67,9 @@ def init_worker(spec):
     if spec["compile"] and mp.current_process().name != "MainProcess":
         import torch._inductor.config as inductor_config
         inductor_config.compile_threads = 1  # no compile pool inside a pool worker
+    if "hosts_file" in spec:  # painting into hosts: no scene renderer
+        _STATE.update(spec=spec, cfg=None, renderer=None)
+        return
     cfg = dataclasses.replace(scenes.CONFIGS[spec["config"]], negatives=spec["negatives"])
     _STATE.update(spec=spec, cfg=cfg, renderer=render.Renderer(
         cfg, spec["device"], torch.float32, compile=spec["compile"]))
@@ -73,8 +77,10 @@ def init_worker(spec):
 
 def run_block(job):
     """(block_index, labels) -> (block_index, images {name: np.ndarray}, params {name: np.ndarray})."""
-    block_index, labels = job
     spec, cfg, renderer = _STATE["spec"], _STATE["cfg"], _STATE["renderer"]
+    if "hosts_file" in spec:
+        return injection.run_block(spec, job, *block_seed(spec["seed"], "lens", job[0]))
+    block_index, labels = job
     scene_seed, noise_seed = block_seed(spec["seed"], cfg.task, block_index)
     gen = torch.Generator().manual_seed(scene_seed)
     noise_gen = torch.Generator(spec["device"]).manual_seed(noise_seed)
@@ -117,7 +123,23 @@ def plan(args, cfg):
 
 
 def run(args, cfg, bands):
+    """Simulate (or with --hosts paint into the user's cutouts); returns the injection context or None."""
     labels, counts, first, last = plan(args, cfg)
+    painting = None
+    if getattr(args, "hosts", None):
+        try:
+            cfg, bands, painting = injection.prepare(args, labels)
+        except injection.InjectionError as err:
+            raise SimulationError(str(err)) from None
+    try:
+        _run(args, cfg, bands, labels, counts, first, last, painting)
+    finally:
+        if painting:
+            shutil.rmtree(painting["tmp"], ignore_errors=True)
+    return painting
+
+
+def _run(args, cfg, bands, labels, counts, first, last, painting):
     n_total = len(labels)
     row_start, row_stop = first * BLOCK_SIZE, min(last * BLOCK_SIZE, n_total)
     # compiling pays off where subhalos make ray shooting dominate (Model I, superres); for the
@@ -129,16 +151,23 @@ def run(args, cfg, bands):
         "min_arc_snr": args.min_arc_snr, "compile": compile_on, "code_version": physics.__version__,
         "pixel_scale": cfg.pixel_scale, "size": cfg.size, "scaling": cfg.scaling,
         **({"negatives": cfg.negatives} if cfg.task == "lens" else {}),
+        **(painting["definition"] if painting else {}),
     }
     shard_tag = f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard else ""
     spec = dict(config=cfg.name, negatives=cfg.negatives, seed=args.seed, bands=list(bands), device=args.device, compile=compile_on,
                 min_arc_snr=args.min_arc_snr, threads=max(1, torch.get_num_threads() // args.num_workers))
+    spec.update(painting["spec"] if painting else {})
     if args.format == "h5":
         sink = H5Sink(args, cfg, bands, definition, row_start, row_stop, shard_tag)
     else:
         sink = FolderSink(args, cfg, bands, definition, shard_tag)
     done_blocks = sink.blocks_done
     jobs = [(b, labels[b * BLOCK_SIZE:(b + 1) * BLOCK_SIZE]) for b in range(first + done_blocks, last)]
+    if painting:
+        jobs = [(b, block, painting["host_rows"][b * BLOCK_SIZE:(b + 1) * BLOCK_SIZE]) for b, block in jobs]
+        table = os.path.join(args.output, "hosts.csv") if args.format != "h5" \
+            else os.path.splitext(args.output)[0] + "_hosts.csv"
+        injection.write_host_table(painting, table)
     if done_blocks:
         print(f"resuming {sink.where} after {done_blocks} blocks of {last - first}")
 

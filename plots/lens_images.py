@@ -96,3 +96,39 @@ def plot_examples(output, fmt, cfg, bands, png, per_class=6):
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def plot_injections(output, fmt, painting, png, per_class=6):
+    """Lenses painted into hosts: each host as it went in (its symmetry and shift, rescaled as
+    the output) above the painted image, and a row of non-lenses (the same hosts, unpainted)."""
+    import torch
+
+    from physics.strong import inject
+    cfg, bands = painting["cfg"], painting["bands"]
+    examples = load_examples(output, fmt, cfg, bands, per_class)
+    lenses = [e for e in examples if e[0] == 1]
+    others = [e for e in examples if e[0] == 0]
+    columns = max(len(lenses), len(others), 1)
+    fig, axes = plt.subplots(3, columns, figsize=(2.2 * columns, 2.7 * 3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for col, (_, images, p) in enumerate(lenses):
+        host = torch.from_numpy(painting["images"][int(p["host_index"])][None]).double()
+        host = inject.augment(host, torch.tensor([int(p["host_flip"])]),
+                              torch.tensor([[int(p["host_shift_x"]), int(p["host_shift_y"])]]))
+        before = inject.rescale(host, cfg.scaling)[0].numpy()
+        for row, (image, text) in enumerate(((before, f"host {int(p['host_index'])}"),
+                                             (images["images"], f"θE {p['theta_e']:.2f}\"  μ {p['magnification']:.1f}"
+                                              f"\narc S/N {p['arc_snr']:.0f}"))):
+            shown, cmap = to_display(image)
+            axes[row, col].imshow(shown, origin="lower", cmap=cmap, interpolation="nearest")
+            axes[row, col].set_title(text, fontsize=7)
+    for col, (_, images, p) in enumerate(others):
+        shown, cmap = to_display(images["images"])
+        axes[2, col].imshow(shown, origin="lower", cmap=cmap, interpolation="nearest")
+        axes[2, col].set_title(f"non-lens: host {int(p['host_index'])}", fontsize=7)
+    fig.suptitle(f"lenses painted into hosts ({', '.join(bands)}; rows: host, painted, non-lenses): {output}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -15,6 +15,7 @@ BENCH = os.path.join(ROOT, "bench")
 # script -> (what it must print, a figure of each part)
 PYTHON_BENCHES = {
     "bench_fit.py": ["ms/event", "share with Δχ² > 25"],
+    "bench_inject.py": ["3x64x64", "5x41x41", "hosts/s per core", "stages"],
     "bench_lens.py": ["cached loader", "inference on cpu", "predict.py end to end"],
     "bench_lens_ingest.py": ["fits_fast", "objects/s"],
     "bench_lens_realism.py": ["small CNN", "AUC"],

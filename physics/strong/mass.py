@@ -48,7 +48,7 @@ def sie(x, y, theta_e, e1, e2, center_x=0.0, center_y=0.0, core=0.0):
     theta_e: product-average Einstein radius (arcsec), (B,). core: core radius s (arcsec,
     lenstronomy's NIE s_scale), 0 for the singular profile. Uses the Keeton & Kochanek (1998)
     closed form in the major-axis frame. q is capped at 0.99999 (the formula is 0/0 at q = 1;
-    the error this makes is far below 1e-4).
+    the error this makes is far below 1e-4); a ray through the centre is deflected by 0.
     """
     q, phi = ellipticity_to_q_phi(_col(e1), _col(e2))
     q = q.clamp(max=0.99999)
@@ -61,8 +61,9 @@ def sie(x, y, theta_e, e1, e2, center_x=0.0, center_y=0.0, core=0.0):
     ym = -sin * dx + cos * dy
     root = torch.sqrt(1 - q * q)
     psi = torch.sqrt(q * q * (s * s + xm * xm) + ym * ym)
-    ax_m = b / root * torch.atan(root * xm / (psi + s))
-    ay_m = b / root * torch.atanh(root * ym / (psi + q * q * s))
+    # at the centre itself (a ray on it) 0/0: the deflection's symmetric limit there is 0
+    ax_m = b / root * torch.atan(root * xm / (psi + s).clamp(min=1e-30))
+    ay_m = b / root * torch.atanh(root * ym / (psi + q * q * s).clamp(min=1e-30))
     return cos * ax_m - sin * ay_m, sin * ax_m + cos * ay_m
 
 

@@ -23,7 +23,7 @@ NONLENS_KINDS = ("isolated", "ring", "spiral", "merger", "pair")
 # - hard: the look-alike-rich mix (15% rings at Einstein radii) for hard-negative training; lens
 #   finders' figures depend on the negatives (HOLISMOKES XI: AUROC 0.61 against spirals alone).
 NONLENS_MIXES = {"sky": (0.55, 0.01, 0.15, 0.05, 0.24), "hard": (0.25, 0.15, 0.2, 0.2, 0.2)}
-KIND_CODES = {k: i for i, k in enumerate(("lens",) + NONLENS_KINDS)}
+KIND_CODES = {k: i for i, k in enumerate(("lens",) + NONLENS_KINDS + ("host",))}  # host: an unpainted real cutout (--hosts)
 N_CLUMPS = 3
 N_FIELD = 4
 N_STARS = 2

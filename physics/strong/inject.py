@@ -1,0 +1,276 @@
+"""Lensed sources painted into real survey cutouts (`simulate.py --task lens --hosts ...`).
+
+The way lens searches build training sets that transfer (HOLISMOKES, Euclid Q1, Jacobs et al.):
+the user's own cutouts are the deflectors and the backgrounds, and only the lensed source is
+simulated. For each host:
+
+1. `measure_hosts`: the cutout's background and noise per band (median and MAD of a border
+   frame), and its central object's light from thresholded first and second moments: centre,
+   size, axis ratio, major-axis angle and flux per band (host units).
+2. `draw_injection`: a mass aligned with the light (SIE centred on it, axis ratio and angle
+   those of the light with scatter), shear, and a source; theta_E, the shear, the source and
+   its offset come from the same distributions as the `lsst` / `lens-finding-64` simulations
+   (`physics.strong.survey.sample_survey`), so injected and simulated lenses are alike.
+3. `render_arcs`: the source lensed by ray shooting on a supersampled grid at the host's pixel
+   scale, convolved with the survey PSF per band (a Moffat of drawn or given FWHM, or the user's
+   kernel).
+4. `paint`: the arc is added in the host's own units. Hosts are seldom calibrated (a min-max
+   scaled channel has no zero point), so brightness is set by S/N against the host's measured
+   noise: the arc's S/N in the reference band (i if present) is drawn like that of the simulated
+   lenses (log-normal, median 69, 10-90% 20-240, at least --min-arc-snr), and the other bands
+   follow a star-forming source's colours (`survey.BLUE_COLOURS`), converted to host units with
+   the per-band noise of the survey model (`instrument.LSST_BANDS` at the configuration's
+   depth). The arc's own Poisson noise uses the same model: a host unit holds
+   (sky + read variance) / noise^2 electrons, so the noise the arc adds is sqrt(arc x unit).
+
+Host units are kept throughout; a host stored min-max scaled is rescaled after painting, and
+the non-lenses (the same hosts, unpainted) are rescaled the same way, so the scaling cannot
+tell the classes apart.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from physics.strong import light, mass
+from physics.strong.draws import uniform
+from physics.strong.instrument import LSST_BANDS, convolve, moffat_psf, pixel_grid, pixelise
+from physics.strong.survey import BLUE_COLOURS
+
+# arc S/N of injected lenses in the reference band: the lens-finding-64 simulations' distribution
+# (sky mix, 4,000 lenses: log10 S/N median 1.84, sigma 0.40), above --min-arc-snr
+SNR_LOG10_MEDIAN, SNR_LOG10_SIGMA, SNR_MAX = 1.84, 0.40, 1000.0
+MASS_Q_SCATTER, MASS_ANGLE_SCATTER = 0.1, math.radians(10)  # mass vs light (lensing + dynamics)
+MASS_Q_MIN = 0.4
+DETECT_SIGMA = 3.0   # pixels of the central object: S/N of the 3x3-smoothed detection map above this ...
+APERTURE = 0.25      # ... within this fraction of the stamp side of its centre
+MIN_OBJECT_SNR = 8.0  # an object's summed detection S/N; below it the stamp is empty (noise peaks)
+SNR_BISECTIONS = 14  # steps of the bisection that sets the arc's amplitude (S/N to 0.05%)
+SNR_BRACKET = 3.0    # ... within exp(+-3) of the guess from the arc's quadrature sum
+FWHM_STEP, BETA_STEP = 0.01, 0.25  # grids of the drawn PSFs
+
+
+
+def _border(images, width):
+    """(N, C, P) pixels of a frame `width` wide around each image."""
+    h, w = images.shape[-2:]
+    keep = torch.ones(h, w, dtype=torch.bool)
+    keep[width:h - width, width:w - width] = False
+    return images[..., keep]
+
+
+def measure_hosts(images, pixel_scale):
+    """Robust properties of host cutouts (N, C, H, W) in their own units (float64 CPU tensors):
+    background, noise (N, C); x, y (arcsec from the stamp centre, x along columns), size (arcsec,
+    the light's geometric-mean second-moment radius), q, phi (major-axis angle, radians from x
+    towards y), flux (N, C) of the central object; has_light (N,) False for an empty stamp
+    (centre, q = 1 and phi = 0 taken then). noise is 0 for a constant image."""
+    images = images.to(torch.float64)
+    n, c, h, w = images.shape
+    frame = _border(images, max(2, min(h, w) // 8))
+    background = frame.median(-1).values
+    noise = 1.4826 * (frame - background[..., None]).abs().median(-1).values
+    flat = images.reshape(n, c, -1)
+    whole = 1.4826 * (flat - flat.median(-1, keepdim=True).values).abs().median(-1).values
+    noise = torch.where(noise > 0, noise, whole)  # a border of zeros (masked, or min-max padded)
+    excess = (images - background[..., None, None]) / noise.clamp(min=1e-30)[..., None, None]
+    detection = excess.sum(1) / math.sqrt(c)  # (N, H, W), unit variance on white noise
+    smooth = 3 * F.avg_pool2d(detection[:, None], 3, 1, 1, count_include_pad=False)[:, 0]  # ditto, 3x3 box
+    detected = smooth > DETECT_SIGMA
+    row = torch.arange(h, dtype=torch.float64)[:, None] - (h - 1) / 2
+    col = torch.arange(w, dtype=torch.float64)[None, :] - (w - 1) / 2
+    cx, cy = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    radius = APERTURE * min(h, w)
+    for _ in range(3):  # re-centre on the light inside the aperture
+        inside = (col - cx[:, None, None]) ** 2 + (row - cy[:, None, None]) ** 2 < radius ** 2
+        weight = detection.clamp(min=0) * detected * inside
+        total = weight.sum((1, 2))
+        has_light = total / (detected & inside).sum((1, 2)).clamp(min=1).sqrt() > MIN_OBJECT_SNR
+        safe = total.clamp(min=1e-30)
+        cx = torch.where(has_light, (weight * col).sum((1, 2)) / safe, cx)
+        cy = torch.where(has_light, (weight * row).sum((1, 2)) / safe, cy)
+    dx, dy = col - cx[:, None, None], row - cy[:, None, None]
+    ixx, iyy, ixy = ((weight * t).sum((1, 2)) / safe for t in (dx * dx, dy * dy, dx * dy))
+    half_trace, diff = (ixx + iyy) / 2, torch.sqrt(((ixx - iyy) / 2) ** 2 + ixy ** 2)
+    major, minor = half_trace + diff, (half_trace - diff).clamp(min=1e-12)
+    q = torch.where(has_light, torch.sqrt(minor / major.clamp(min=1e-12)), torch.ones_like(ixx))
+    phi = torch.where(has_light, 0.5 * torch.atan2(2 * ixy, ixx - iyy), torch.zeros_like(ixx))
+    size = torch.where(has_light, (major * minor) ** 0.25 * pixel_scale, torch.full_like(ixx, math.nan))
+    member = (detected & inside & has_light[:, None, None])[:, None]
+    flux = ((images - background[..., None, None]) * member).sum((2, 3))
+    return dict(background=background, noise=noise, x=cx * pixel_scale, y=cy * pixel_scale, size=size,
+                q=q, phi=phi, flux=flux, has_light=has_light)
+
+
+def band_model(bands, pixel_scale, depth):
+    """(flux noise per pixel (C,), electrons per unit flux (C,)) of the survey model at `depth`
+    (fraction of LSST's 10-year stack); bands without an LSST model take i's."""
+    models = [LSST_BANDS.get(b, LSST_BANDS["i"]) for b in bands]
+    gain = torch.tensor([m.electrons_per_flux() * depth for m in models], dtype=torch.float64)
+    background = torch.tensor([(m.sky_electrons(pixel_scale) + m.read_noise ** 2 * m.n_exposures) * depth
+                               for m in models], dtype=torch.float64)
+    return background.sqrt() / gain, gain
+
+
+def draw_injection(hosts, lensed, survey_scene, gen, bands, min_snr):
+    """Mass, source, colours and target S/N for each host (rows of `hosts` from
+    measure_hosts, already indexed per image). survey_scene: `sample_survey` drawn for all-lens
+    labels (theta_e, shear, source and its offset from the lens). Non-lens rows (lensed False)
+    keep their would-be mass (deflector_theta_e) with theta_e 0, as simulated non-lenses do."""
+    n = len(lensed)
+    q = (hosts["q"] + MASS_Q_SCATTER * torch.randn(n, generator=gen, dtype=torch.float64)).clamp(MASS_Q_MIN, 1.0)
+    phi = hosts["phi"] + MASS_ANGLE_SCATTER * torch.randn(n, generator=gen, dtype=torch.float64)
+    e1, e2 = mass.q_phi_to_ellipticity(q, phi)
+    s = survey_scene
+    theta_e = s["theta_e"]
+    zeros = torch.zeros(n, dtype=torch.float64)
+    dx, dy = s["src_x"] - s["lens_x"], s["src_y"] - s["lens_y"]  # source offset from the lens
+    scene = dict(theta_e=torch.where(lensed, theta_e, zeros), deflector_theta_e=theta_e,
+                 lens_x=hosts["x"], lens_y=hosts["y"], lens_e1=e1, lens_e2=e2, core=zeros,
+                 gamma1=torch.where(lensed, s["gamma1"], zeros), gamma2=torch.where(lensed, s["gamma2"], zeros),
+                 src_x=hosts["x"] + dx, src_y=hosts["y"] + dy,
+                 **{k: s[k] for k in ("src_r_e", "src_n", "src_e1", "src_e2", "clump_frac", "clump_sigma")},
+                 clump_x=hosts["x"][:, None] + s["clump_x"] - s["lens_x"][:, None],
+                 clump_y=hosts["y"][:, None] + s["clump_y"] - s["lens_y"][:, None])
+    colours = torch.stack([BLUE_COLOURS.get(b, (0.0, 0.1))[0] + BLUE_COLOURS.get(b, (0.0, 0.1))[1]
+                           * torch.randn(n, generator=gen, dtype=torch.float64) for b in bands], 1)
+    scene["colour_flux"] = 10 ** (-0.4 * colours)  # (N, C) band flux / reference-band flux
+    lo = math.log10(max(min_snr, 1e-3))
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    cdf = [0.5 * (1 + math.erf((v - SNR_LOG10_MEDIAN) / (SNR_LOG10_SIGMA * math.sqrt(2))))
+           for v in (lo, math.log10(SNR_MAX))]
+    scene["snr_target"] = 10 ** (SNR_LOG10_MEDIAN + SNR_LOG10_SIGMA
+                                 * torch.special.ndtri(cdf[0] + u * (cdf[1] - cdf[0])))
+    return scene
+
+
+def render_arcs(scene, size, pixel_scale, supersample, kernels, dtype=torch.float32):
+    """(N, C, H, W) lensed source for unit source flux, convolved with kernels (N or 1, C, k, k);
+    H, W = size. Rows with theta_e = 0 (non-lenses) are not rendered (zeros)."""
+    h, w = size
+    n, c = len(scene["theta_e"]), kernels.shape[1]
+    out = torch.zeros(n, c, h, w, dtype=dtype)
+    rows = torch.nonzero(scene["theta_e"] > 0).flatten()
+    if not len(rows):
+        return out
+    side = max(h, w)
+    x, y = pixel_grid(side, pixel_scale, supersample, dtype)
+    s = {k: v[rows].to(dtype) for k, v in scene.items() if torch.is_tensor(v) and v.dim() and len(v) == n}
+    ax, ay = mass.sie(x, y, s["theta_e"], s["lens_e1"], s["lens_e2"], s["lens_x"], s["lens_y"], s["core"])
+    sx, sy = mass.shear(x, y, s["gamma1"], s["gamma2"], s["lens_x"], s["lens_y"])
+    bx, by = x - ax - sx, y - ay - sy
+    src = light.sersic(bx, by, 1 - s["clump_frac"].sum(1), s["src_r_e"], s["src_n"], s["src_e1"], s["src_e2"],
+                       s["src_x"], s["src_y"])
+    src = src + light.gaussians(bx, by, s["clump_frac"], s["clump_sigma"], s["clump_x"], s["clump_y"])
+    unit = pixelise(src[:, None], supersample, pixel_scale)  # (R, 1, side, side)
+    top, left = (side - h) // 2, (side - w) // 2
+    unit = unit[..., top:top + h, left:left + w].expand(-1, c, -1, -1)
+    k = kernels if len(kernels) == 1 else kernels[rows]
+    out[rows] = convolve(unit, k.to(dtype))
+    return out
+
+
+def moffat_kernels(fwhm_arcsec, beta, pixel_scale, size):
+    """(N, C, size, size) Moffat PSFs for FWHM (N, C) arcsec and beta (N, C); each distinct
+    (FWHM, beta) pair is computed once (psf_fwhm_draw draws them on a grid)."""
+    pairs, inverse = torch.unique(torch.stack([fwhm_arcsec.flatten(), beta.flatten()], 1), dim=0,
+                                  return_inverse=True)
+    bank = moffat_psf(pairs[:, 0] / pixel_scale, pairs[:, 1], size)  # (U, size, size)
+    return bank[inverse].reshape(fwhm_arcsec.shape + (size, size))
+
+
+def arc_snr(arc, noise, unit):
+    """S/N of arcs (N, H, W) in host units on a background of noise (N,) with the arc's own
+    Poisson variance arc x unit (N,): the simulator's definition (the sum over pixels above 1
+    sigma of the total noise, over the root of their summed variance)."""
+    variance = noise[:, None, None] ** 2 + arc.clamp(min=0) * unit[:, None, None]
+    mask = arc > variance.sqrt()
+    signal = (arc * mask).sum((1, 2))
+    var = (variance * mask).sum((1, 2))
+    return torch.where(var > 0, signal / var.clamp(min=1e-30).sqrt(), torch.zeros_like(signal))
+
+
+def paint(hosts_images, unit_arcs, scene, noise, unit, ref, gen):
+    """Hosts (N, C, H, W) plus their arcs at each row's target S/N (reference band `ref`).
+    unit_arcs from render_arcs; noise (N, C) the hosts' noise; unit (N, C) host units per
+    electron. Returns (images, arc amplitude per band (N, C) in host units x unit source flux,
+    achieved S/N (N,)); rows without an arc come back unchanged with amplitude 0, S/N NaN."""
+    weight = scene["colour_flux"] * noise / noise[:, ref:ref + 1].clamp(min=1e-30) \
+        * scene["flux_noise_ref"] / scene["flux_noise"]  # (N, C): host units of band c per reference unit
+    u_ref = unit_arcs[:, ref].double()
+    lit = u_ref.amax((1, 2)) > 0
+    # bisection in log amplitude: the S/N of amplitude a is monotonic in a
+    guess = scene["snr_target"] * noise[:, ref] / (u_ref.pow(2).sum((1, 2)).sqrt().clamp(min=1e-30))
+    lo, hi = torch.log(guess.clamp(min=1e-30)) - SNR_BRACKET, torch.log(guess.clamp(min=1e-30)) + SNR_BRACKET
+    for _ in range(SNR_BISECTIONS):
+        mid = (lo + hi) / 2
+        too_faint = arc_snr(torch.exp(mid)[:, None, None] * u_ref, noise[:, ref], unit[:, ref]) < scene["snr_target"]
+        lo, hi = torch.where(too_faint, mid, lo), torch.where(too_faint, hi, mid)
+    amplitude = torch.where(lit, torch.exp(hi), torch.zeros_like(hi))[:, None] * weight  # (N, C)
+    arcs = unit_arcs.double() * amplitude[:, :, None, None]
+    variance = (arcs.clamp(min=0) * unit[:, :, None, None])
+    noisy = arcs + variance.sqrt() * torch.randn(arcs.shape, generator=gen, dtype=torch.float64)
+    snr = torch.where(lit, arc_snr(arcs[:, ref], noise[:, ref], unit[:, ref]), torch.full_like(hi, math.nan))
+    return hosts_images.double() + noisy, amplitude, snr
+
+
+def augment(images, flips, shifts):
+    """Hosts (N, C, H, W) under one of the 8 symmetries of the square (flips (N,) in 0-7:
+    bit 0 transpose, bit 1 flip rows, bit 2 flip columns) and an integer shift (N, 2) of
+    (columns, rows), the vacated edge filled by reflection. Non-square stamps skip the transpose."""
+    out = torch.empty_like(images)
+    h, w = images.shape[-2:]
+    pad = int(shifts.abs().max()) if len(shifts) else 0
+    for i in range(len(images)):
+        image, f = images[i], int(flips[i])
+        if f & 1 and h == w:
+            image = image.transpose(-1, -2)
+        if f & 2:
+            image = image.flip(-2)
+        if f & 4:
+            image = image.flip(-1)
+        if pad:
+            dx, dy = int(shifts[i, 0]), int(shifts[i, 1])
+            padded = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")[0]
+            image = padded[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+        out[i] = image
+    return out
+
+
+def rescale(images, scaling):
+    """Both classes alike: minmax-channel (each channel to [0, 1]), minmax (each image), or
+    flux (unchanged). NaN pixels (masked) are ignored and stay NaN."""
+    if scaling == "flux":
+        return images
+    dims = (1, 2, 3) if scaling == "minmax" else (2, 3)
+    finite = torch.isfinite(images)
+    lo = torch.where(finite, images, math.inf).amin(dims, keepdim=True)
+    hi = torch.where(finite, images, -math.inf).amax(dims, keepdim=True)
+    return (images - lo) / (hi - lo).clamp(min=1e-30)
+
+
+def detect_scaling(images):
+    """How hosts (N, C, H, W) were stored: minmax-channel if every channel spans exactly [0, 1],
+    minmax if every image does, else flux (left as it is)."""
+    finite = torch.where(torch.isfinite(images), images, torch.nan)
+    ch_lo, ch_hi = finite.flatten(2).nanquantile(0.0, -1), finite.flatten(2).nanquantile(1.0, -1)
+    if torch.allclose(ch_lo, torch.zeros_like(ch_lo), atol=1e-6) and torch.allclose(ch_hi, torch.ones_like(ch_hi), atol=1e-6):
+        return "minmax-channel"
+    lo, hi = ch_lo.amin(1), ch_hi.amax(1)
+    if torch.allclose(lo, torch.zeros_like(lo), atol=1e-6) and torch.allclose(hi, torch.ones_like(hi), atol=1e-6):
+        return "minmax"
+    return "flux"
+
+
+def reference_band(bands):
+    return bands.index("i") if "i" in bands else len(bands) // 2
+
+
+def psf_fwhm_draw(gen, n, bands, fwhm_range):
+    """Seeing FWHM (arcsec, on a 0.01" grid) and Moffat beta (on a 0.25 grid) per row and band,
+    uniform in fwhm_range and in [2.5, 4.5]; the grids let moffat_kernels reuse kernels."""
+    fwhm = torch.round(uniform(gen, (n, len(bands)), *fwhm_range) / FWHM_STEP) * FWHM_STEP
+    beta = torch.round(uniform(gen, (n, len(bands)), 2.5, 4.5) / BETA_STEP) * BETA_STEP
+    return fwhm, beta
