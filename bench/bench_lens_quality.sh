@@ -5,7 +5,9 @@
 # 1. lsst (grizy 41x41, FITS): ResNet18 and a ConvNeXt trained on the same split (val 20%, test 10%,
 #    best checkpoint by validation AUC), each test split evaluated, one table by evaluate.py --compare;
 # 2. learnability: a ResNet18 on lens-finding-64 (gri 64x64, min-max per channel) evaluated on its
-#    held-out split and run on the shared DeepLense lens-finding samples (../shared/samples) when present.
+#    held-out split and run on the shared DeepLense lens-finding samples (../shared/samples) when present;
+# 3. transfer (with the samples): the same ResNet18 recipe on those simulations plus lenses painted into
+#    the samples' non-lenses (simulate.py --hosts), both scored on the samples' lenses.
 # From scratch (no ImageNet weights), lr 1e-3, batch 128: fixed before any run, not tuned on the test split.
 # NEGATIVES=hard simulates the look-alike-rich non-lens mix instead of the sky's (the default).
 set -euo pipefail
@@ -50,4 +52,17 @@ if [[ -d $SAMPLES ]]; then
     $PY predict.py --runs "$OUT/results/lf64_resnet18" --input "$SAMPLES" --output "$OUT/deeplense_samples.csv" \
         --extra-columns --no-progress
     cat "$OUT/deeplense_samples.csv"
+    # 3. transfer: the same recipe on these simulations plus lenses painted into the samples' non-lenses
+    #    (the only real hosts here); both runs scored on the samples' lenses, never seen in training
+    [[ -d $OUT/painted/lenses ]] || $PY simulate.py --task lens --hosts "$SAMPLES/nonlenses" --n-lens "$((N64 / 2))" \
+        --n-nonlens "$((N64 / 2))" --format npy --num-workers "$SIM_WORKERS" --seed 3 --no-progress \
+        --output "$OUT/painted" --preview "$OUT/painted_preview.png"
+    $PY train.py "${COMMON[@]}" --train-roots "$OUT/lf64/lenses" "$OUT/painted/lenses" \
+        --train-roots-neg "$OUT/lf64/nonlenses" "$OUT/painted/nonlenses" --model resnet18 --epochs "$EPOCHS_R18" \
+        --norm none --experiment-name lf64_painted_resnet18
+    $PY predict.py --runs "$OUT/results/lf64_painted_resnet18" --input "$SAMPLES/lenses" \
+        --output "$OUT/painted_samples.csv" --no-progress
+    echo "scores of the sample lenses: simulations only | simulations + painted"
+    paste -d, <(grep lenses "$OUT/deeplense_samples.csv" | grep -v nonlenses | cut -d, -f1,2) \
+        <(tail -n +2 "$OUT/painted_samples.csv" | cut -d, -f2)
 fi

@@ -100,6 +100,8 @@ def test_quality_script_tiny(name, tmp_path, venv, photometry_dir):
     assert tables and all("|" in t.read_text() for t in tables)
     if name in samples:  # the recipe's last step ran on the (stand-in) real samples
         assert list(out.glob("*samples*.csv")), sorted(p.name for p in out.iterdir())
+    if name == "bench_lens_quality.sh":  # the transfer step: lenses painted into the samples' non-lenses
+        assert (out / "painted" / "hosts.csv").exists() and (out / "painted_samples.csv").exists()
 
 
 def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
