@@ -164,6 +164,7 @@ def run_block(spec, job, scene_seed, noise_seed):
         lens_x=scene["lens_x"], lens_y=scene["lens_y"], lens_e1=scene["lens_e1"], lens_e2=scene["lens_e2"],
         gamma1=scene["gamma1"], gamma2=scene["gamma2"],
         **{k: torch.where(lensed, scene[k], nan) for k in ("src_x", "src_y", "src_r_e", "src_n", "src_e1", "src_e2")},
+        # the flux of a unit source inside the stamp (an arc cut by the edge counts less)
         magnification=torch.where(lensed, arcs[:, ref].double().sum((1, 2)), nan),
         arc_snr_target=torch.where(lensed, scene["snr_target"], nan), arc_snr=snr,
     )
