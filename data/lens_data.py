@@ -418,7 +418,7 @@ def load_hosts(paths, bands=None, skip_bad=False, num_workers=0, progress=True):
     flat = images.reshape(len(images), -1)
     blank = flat.min(1) == flat.max(1)  # NaN pixels were set to 0: an all-NaN cutout is all zero
     if blank.any():
-        msgs = [f"{f if f.endswith('.npy') or not f.endswith(('.h5', '.hdf5')) else f + ':' + i}: "
+        msgs = [f"{f + ':' + i if f.endswith(('.h5', '.hdf5')) else f}: "
                 f"no signal (every pixel {flat[j, 0]:g} once NaN/Inf are set to 0)"
                 for j, (f, i) in enumerate(zip(files, ids)) if blank[j]]
         if not skip_bad:
