@@ -9,6 +9,9 @@
     # ranked candidate catalogue and an inspection grid of the 64 best-scored objects
     python evaluate.py --run results/lens_resnet18_lsst_s42
     python evaluate.py --run results/lens_resnet18_lsst_s42 --data survey_cutouts/ --candidates 64
+    # hard-negative mining: a labelled pool the run never saw, its confident false positives into the next run
+    python evaluate.py --run results/lens_resnet18_lsst_s42 --data mining_pool/
+    python train.py --task lens --data lsst --hard-negatives results/lens_resnet18_lsst_s42/eval_mining_pool/false_positives.csv
 
     # an MAE run: held-out reconstruction loss and panels; a super-resolution run: PSNR / SSIM against bicubic
     python evaluate.py --run results/mae_common_s42
@@ -28,6 +31,7 @@ confusion_matrix.png, roc_curves.png, calibration.png, per_class_metrics.png, u0
 temporal_bias_check.png, early_detection_curve.png, evolution_<class>_<i>.png, example_light_curves.png.
 Lens: roc_pr.png, confusion_matrix.png, calibration.png, score_histograms.png,
 false_positives.png, false_negatives.png, recall_vs_parameters.png (simulated data),
+false_positives.csv (every non-lens scored >= 0.5: train.py --hard-negatives takes it),
 candidates.csv and candidates.png (--candidates N).
 Substructure: roc_curves.png, confusion_matrix.png, calibration.png, per_class_metrics.png,
 misclassified.png, accuracy_vs_parameters.png (simulated data), predictions.csv.

@@ -7,7 +7,12 @@ Sources (any mix; every one becomes objects of (C, H, W) float32 pixels and a la
 - a folder with class folders: `lenses` / `nonlenses` (the simulator's FITS or npy layouts,
   with its params.csv), or the DeepLense layout `train_lenses`, `train_nonlenses`,
   `test_lenses`, `test_nonlenses` (objects of the test folders are flagged `is_test`);
-- the simulator's packed HDF5 file (images, labels, params/<name>).
+- the simulator's packed HDF5 file (images, labels, params/<name>);
+- a hard-negative list (`--hard-negatives`): a CSV with a `file` column (evaluate.py's
+  false_positives.csv or candidates.csv, predict.py's output with --extra-columns); its objects
+  are non-lenses for the training split only (`train_only`), rows labelled 1 or scored below
+  0.5 are left out, and an object already in the other sources is refused (mined from a test
+  split it would leak that split into training).
 
 Substructure (`class_folders=SUBSTRUCTURE_FOLDERS`): class folders `no` / `sphere` / `vort` (or
 `no_substructure` / `subhalo` / `vortex`), directly under the root or under `train/` and
@@ -53,6 +58,57 @@ class LensDataError(ValueError):
 
 
 # --------------------------------------------------------------------------- the index
+def _is_list(root) -> bool:
+    return root.endswith(".csv") and os.path.isfile(root)
+
+
+def _listed(path):
+    """The files of the objects a hard-negative CSV lists: [(absolute path, size, mtime_ns)], sorted.
+    A listed FITS band brings its object's other bands (NAME_b.fits beside it)."""
+    import csv
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise LensDataError(f"{path}: not a readable CSV ({err})") from None
+    if not rows or "file" not in rows[0]:
+        raise LensDataError(f"{path}: no `file` column (evaluate.py's false_positives.csv or candidates.csv, "
+                            f"predict.py --extra-columns output)")
+    score_key = next((k for k in ("score", "pred") if k in rows[0]), None)
+    out, siblings = set(), {}
+    for n, row in enumerate(rows, start=2):
+        try:
+            if row.get("label") not in (None, "") and int(float(row["label"])) == 1:
+                continue  # a lens is never a negative
+            if score_key and float(row[score_key]) < 0.5:
+                continue  # not a confident false positive
+        except ValueError:
+            raise LensDataError(f"{path}: line {n}: label {row.get('label')!r} / {score_key} "
+                                f"{row.get(score_key)!r} is not a number") from None
+        name = (row["file"] or "").strip()
+        if name.endswith((".h5", ".hdf5")):
+            raise LensDataError(f"{path}: line {n}: {name} is a packed HDF5 file; hard negatives are listed "
+                                f"as FITS or .npy files")
+        found = next((c for c in (name, os.path.join(os.path.dirname(path), name)) if name and os.path.isfile(c)), None)
+        if found is None:
+            raise LensDataError(f"{path}: line {n}: no such file {name!r}")
+        found = os.path.abspath(found)
+        m = FITS_NAME.match(os.path.basename(found))
+        if m:
+            folder = os.path.dirname(found)
+            if folder not in siblings:
+                siblings[folder] = sorted(os.listdir(folder))
+            out.update(os.path.join(folder, f) for f in siblings[folder]
+                       if (b := FITS_NAME.match(f)) and b["stem"] == m["stem"])
+        elif found.endswith(".npy"):
+            out.add(found)
+        else:
+            raise LensDataError(f"{path}: line {n}: {name} is neither a FITS cutout (NAME_b.fits) nor a .npy image")
+    if not out:
+        raise LensDataError(f"{path}: no hard negatives (every row labelled a lens or scored below 0.5)")
+    return [(f, (st := os.stat(f)).st_size, st.st_mtime_ns) for f in sorted(out)]
+
+
 def _scan(root):
     """Files under root: [(path relative to root, size, mtime_ns)], sorted."""
     out, stack, cut = [], [root], len(root.rstrip(os.sep)) + 1
@@ -69,8 +125,10 @@ def _scan(root):
 
 
 def scan_sources(sources) -> dict:
-    """{root: listing} of the folder sources (one pass over the file system, shared by the key and the index)."""
-    return {root: _scan(root) for root, label in sources if label is not None and os.path.isdir(root)}
+    """{root: listing} of the folder sources and hard-negative lists (one pass over the file system,
+    shared by the key and the index)."""
+    return {root: _listed(root) if _is_list(root) else _scan(root)
+            for root, label in sources if label is not None and (os.path.isdir(root) or _is_list(root))}
 
 
 def _class_folders_of(root, class_folders):
@@ -90,9 +148,10 @@ def has_class_folders(root, class_folders=None) -> bool:
     return bool(_class_folders_of(root, CLASS_FOLDERS if class_folders is None else class_folders))
 
 
-def sources_of(data=None, pos_roots=(), neg_roots=(), class_folders=None):
+def sources_of(data=None, pos_roots=(), neg_roots=(), class_folders=None, hard_negatives=()):
     """[(root, (label, is_test)) or (path, None) for an HDF5 file] from the options; a folder in
-    `data` is a folder of class folders (`class_folders`, default the lens-finding ones)."""
+    `data` is a folder of class folders (`class_folders`, default the lens-finding ones); the
+    hard-negative lists (CSV) come last, so the other objects keep their order (and their split)."""
     class_folders = CLASS_FOLDERS if class_folders is None else class_folders
     sources = [(p, None) for p in ([data] if isinstance(data, str) else list(data or ()))]
     sources += [(p, 1) for p in pos_roots] + [(p, 0) for p in neg_roots]
@@ -115,6 +174,10 @@ def sources_of(data=None, pos_roots=(), neg_roots=(), class_folders=None):
             expanded.append((root, None))
         else:
             raise LensDataError(f"{root}: neither a folder nor an HDF5 file")
+    for path in hard_negatives:
+        if not _is_list(path):
+            raise LensDataError(f"{path}: no such CSV file (hard negatives are a CSV with a `file` column)")
+        expanded.append((path, (0, False)))
     return [(os.path.abspath(r), lab) for r, lab in expanded]
 
 
@@ -124,9 +187,9 @@ def listing_key(sources, listings=None) -> str:
     h = hashlib.sha1()
     for root, label in sources:
         h.update(json.dumps([root, label]).encode())
-        if os.path.isdir(root):
+        if root in listings:
             h.update(json.dumps(listings[root]).encode())
-        else:
+        if not os.path.isdir(root):
             st = os.stat(root)
             h.update(f"{st.st_size} {st.st_mtime_ns}".encode())
     return h.hexdigest()
@@ -161,8 +224,9 @@ def build_index(sources, key, bands=None, skip_bad=False, index_cache=None, list
         prefix = os.path.basename(root)
         if os.path.basename(os.path.dirname(root)) in SPLIT_FOLDERS:
             prefix = os.path.join(os.path.basename(os.path.dirname(root)), prefix)
-        for f in npy:
-            objects.append([label, is_test, os.path.join(prefix, os.path.splitext(f)[0]), [os.path.join(root, f)]])
+        for f in npy:  # a hard-negative list holds absolute paths: named by the list and the file's name
+            name = os.path.join(prefix, os.path.splitext(os.path.basename(f) if os.path.isabs(f) else f)[0])
+            objects.append([label, is_test, name, [os.path.join(root, f)]])
         for stem in sorted(groups):
             found_bands.update(groups[stem])
         for stem, by_band in sorted(groups.items()):
@@ -181,6 +245,15 @@ def build_index(sources, key, bands=None, skip_bad=False, index_cache=None, list
                 obj[3] = None
                 continue
             obj[3] = [obj[3][b] for b in want]
+    first_of = {}
+    for obj in objects:
+        if obj[3] is None:
+            continue
+        other = first_of.setdefault(obj[3][0], obj)
+        if other is not obj:
+            raise LensDataError(f"{obj[3][0]}: listed twice in the data (in {other[2]} and {obj[2]}); an object in two "
+                                f"sources could sit in two splits (a hard negative mined from a run's own test "
+                                f"split would leak it into training): give each object once")
     index = {"version": INDEX_VERSION, "key": key, "want": bands, "bands": want if found_bands else [],
              "objects": [o for o in objects if o[3] is not None], "bad": bad}
     if index_cache:
@@ -265,11 +338,22 @@ def _read_chunk(job):
 
 def read_pixels(index, num_workers=0, skip_bad=False, progress=True, chunk=256):
     """(images (N, C, H, W) float32 with NaN/Inf set to 0, kept mask (N,), bad list, n non-finite
-    pixels, n objects with any); the rows are filled in place as chunks arrive."""
+    pixels, n objects with any); the rows are filled in place as chunks arrive. With skip_bad,
+    objects of another shape are held aside and the most common shape wins at the end (an odd
+    first object does not turn every other one bad)."""
     objects = index["objects"]
     jobs = [([o[3] for o in objects[i:i + chunk]], skip_bad) for i in range(0, len(objects), chunk)]
     packed, kept, bad = None, np.zeros(len(objects), bool), list(index["bad"])
-    n_pixels = n_objects = 0
+    nonfinite = np.zeros(len(objects), np.int64)  # per object, summed over the kept ones at the end
+    aside = {}  # shape -> [(row, image)] of objects whose shape differs from the packed one's (skip_bad)
+
+    def zeroed(images, rows):
+        finite = np.isfinite(images)
+        if finite.all():
+            return images
+        nonfinite[rows] = (~finite).reshape(len(finite), -1).sum(1)
+        return np.where(finite, images, np.float32(0))
+
     bar = tqdm(total=len(objects), desc="ingest", unit="obj", disable=not progress, leave=False)
     pool = get_context("spawn").Pool(num_workers) if num_workers > 1 else None
     try:
@@ -280,33 +364,26 @@ def read_pixels(index, num_workers=0, skip_bad=False, progress=True, chunk=256):
                 if packed is None:
                     packed = np.empty((len(objects),) + chunk_images.shape[1:], np.float32)
                 if chunk_images.shape[1:] == packed.shape[1:]:
-                    finite = np.isfinite(chunk_images)
-                    if not finite.all():
-                        n_pixels += int(finite.size - finite.sum())
-                        n_objects += int((~finite).any(axis=(1, 2, 3)).sum())
-                        chunk_images = np.where(finite, chunk_images, np.float32(0))
-                    packed[j * chunk:j * chunk + len(chunk_images)] = chunk_images
-                    kept[j * chunk:j * chunk + len(chunk_images)] = True
+                    rows = slice(j * chunk, j * chunk + len(chunk_images))
+                    packed[rows] = zeroed(chunk_images, rows)
+                    kept[rows] = True
                     bar.update(len(chunk_images))
                     continue
-                chunk_images = list(chunk_images)  # another shape: reported below, object by object
+                chunk_images = list(chunk_images)  # another shape: object by object below
             for i, image in enumerate(chunk_images, start=j * chunk):
                 if image is None:
                     continue
                 if packed is None:
                     packed = np.empty((len(objects),) + image.shape, np.float32)
                 elif image.shape != packed.shape[1:]:
-                    msg = f"{objects[i][3][0]}: image of shape {image.shape}, other objects have {packed.shape[1:]}"
                     if not skip_bad:
-                        raise LensDataError(msg + " (images of mixed shapes); --skip-bad leaves such objects out")
-                    bad.append(msg)
+                        first = objects[int(np.argmax(kept))][3][0] if kept.any() else "the first object"
+                        raise LensDataError(f"{objects[i][3][0]}: image of shape {image.shape}, {first} has "
+                                            f"{packed.shape[1:]} (images of mixed shapes); --skip-bad leaves the "
+                                            f"objects of the less common shapes out")
+                    aside.setdefault(image.shape, []).append((i, zeroed(image[None], [i])[0]))
                     continue
-                finite = np.isfinite(image)
-                if not finite.all():
-                    n_pixels += int(image.size - finite.sum())
-                    n_objects += 1
-                    image = np.where(finite, image, np.float32(0))
-                packed[i] = image
+                packed[i] = zeroed(image[None], [i])[0]
                 kept[i] = True
             bar.update(len(chunk_images))
     finally:
@@ -315,6 +392,19 @@ def read_pixels(index, num_workers=0, skip_bad=False, progress=True, chunk=256):
             pool.terminate()
     if packed is None:
         raise LensDataError("no readable objects in the data")
+    if aside:
+        shape, items = max(aside.items(), key=lambda kv: len(kv[1]))
+        if len(items) > kept.sum():  # the packed shape is the odd one: the most common shape wins
+            rows = np.flatnonzero(kept)
+            aside[packed.shape[1:]] = [(i, None) for i in rows]
+            del aside[shape]
+            packed, kept = np.empty((len(objects),) + shape, np.float32), np.zeros(len(objects), bool)
+            for i, image in items:
+                packed[i], kept[i] = image, True
+        for other, items in aside.items():
+            bad += [f"{objects[i][3][0]}: image of shape {other}, most objects have {packed.shape[1:]} "
+                    f"(images of mixed shapes)" for i, _ in items]
+    n_pixels, n_objects = int(nonfinite[kept].sum()), int((nonfinite[kept] > 0).sum())
     return (packed if kept.all() else packed[kept]), kept, bad, n_pixels, n_objects
 
 
@@ -359,7 +449,7 @@ def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, 
     """Everything of the sources as arrays: images, labels, is_test, ids, files, params/<name>;
     plus an ingestion report {n_objects, bad, nonfinite_pixels, nonfinite_objects, bands}."""
     folder_sources = [s for s in sources if s[1] is not None]
-    arrays = {"images": [], "labels": [], "is_test": [], "ids": [], "files": []}
+    arrays = {"images": [], "labels": [], "is_test": [], "ids": [], "files": [], "train_only": []}
     params, report = [], {"bad": [], "nonfinite_pixels": 0, "nonfinite_objects": 0, "bands": None}
     if folder_sources:
         listings = scan_sources(folder_sources)
@@ -372,6 +462,8 @@ def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, 
         arrays["is_test"].append(np.array([o[1] for o in objects], bool))
         arrays["ids"].append(np.array([o[2] for o in objects]))
         arrays["files"].append(np.array([o[3][0] for o in objects]))
+        listed = {f for root, _ in folder_sources if _is_list(root) for f, _, _ in listings[root]}
+        arrays["train_only"].append(np.array([o[3][0] in listed for o in objects], bool))
         params.append(params_for(objects, folder_sources))
         report.update(bad=bad, nonfinite_pixels=n_pix, nonfinite_objects=n_obj, bands=index["bands"])
     for path, _ in [s for s in sources if s[1] is None]:
@@ -381,6 +473,7 @@ def load_all(sources, bands=None, skip_bad=False, num_workers=0, progress=True, 
         report["nonfinite_objects"] += int((~finite).any(axis=(1, 2, 3)).sum())
         images[~finite] = 0.0
         for k, v in (("images", images), ("labels", labels), ("is_test", np.zeros(len(labels), bool)),
+                     ("train_only", np.zeros(len(labels), bool)),
                      ("ids", ids), ("files", np.array([path] * len(labels)))):
             arrays[k].append(v)
         params.append(p)

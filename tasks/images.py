@@ -123,14 +123,24 @@ def ingest(sources, args, info, task: str, class_names) -> TrainData:
 
 
 def make_split(data, args) -> dict:
-    """Stratified train / val / test; objects of the data's own test folders are the test split, as given."""
+    """Stratified train / val / test; objects of the data's own test folders are the test split, as given;
+    hard negatives (`train_only`, listed last) join the training split, so the other objects are split
+    exactly as in a run without them and the two runs' test figures compare."""
     is_test = np.asarray(data.arrays["is_test"])
+    train_only = data.arrays.get("train_only")  # absent from caches built before hard negatives
+    train_only = np.zeros(len(is_test), bool) if train_only is None else np.asarray(train_only)
+    mined = np.flatnonzero(train_only)
+    labels = data.labels[~train_only]
     if not is_test.any():
-        split = stratified_split(data.labels, args.seed, args.val_fraction, args.test_fraction)
+        split = stratified_split(labels, args.seed, args.val_fraction, args.test_fraction)
     else:
-        rest = np.flatnonzero(~is_test)
-        inner = stratified_split(data.labels[rest], args.seed, args.val_fraction, 0.0)
+        rest = np.flatnonzero(~is_test[~train_only])
+        inner = stratified_split(labels[rest], args.seed, args.val_fraction, 0.0)
         split = {"train": rest[inner["train"]], "val": rest[inner["val"]], "test": np.flatnonzero(is_test)}
+    if len(mined):
+        if mined[0] != len(train_only) - len(mined):
+            raise ValueError("hard negatives must be the last objects of the data")  # sources_of puts them there
+        split["train"] = np.concatenate([split["train"], mined])
     if not hasattr(args, "label_fraction"):
         return split
     return finetune.restrict_split(split, data.labels, args, data.meta.get("data_key"))  # --label-fraction, --init-from
@@ -259,6 +269,8 @@ def evaluation_data(ckpt, run_dir, args, class_folders=None):
                             "give --data to evaluate other data")
     except FileNotFoundError as err:
         raise TaskError(f"{run_dir}: its training data is gone ({err.filename}); give --data") from None
+    except lens_data.LensDataError as err:  # a hard-negative list whose files are gone
+        raise TaskError(f"{run_dir}: its training data cannot be listed ({err}); give --data") from None
     args.skip_bad = config.get("skip_bad", False)  # the same objects as in training, in the same order
     arrays, report = read_sources(sources, stats["bands"] or None, args)
     rows = ckpt["split"]["test"].numpy()

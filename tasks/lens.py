@@ -37,6 +37,10 @@ def add_train_args(parser):
     g = parser.add_argument_group("lens finding (--task lens)")
     g.add_argument("--train-roots", nargs="+", default=[], help="folders of lenses (FITS cutouts or .npy)")
     g.add_argument("--train-roots-neg", nargs="+", default=[], help="folders of non-lenses")
+    g.add_argument("--hard-negatives", nargs="+", default=[], metavar="CSV",
+                   help="hard-negative mining: CSVs with a `file` column (evaluate.py's false_positives.csv, "
+                        "predict.py --extra-columns output); their objects (rows not labelled 1, score >= 0.5) "
+                        "join the training split as non-lenses; the other objects keep the split they had without")
     g.add_argument("--cache-ratio", type=float, default=1.0,
                    help="the seed's flag; the packed array is always cached whole, once per node (1 only)")
     g.add_argument("--mode", choices=("train",), default="train", help="the seed's flag (train only)")
@@ -46,7 +50,8 @@ def add_train_args(parser):
 
 def _sources(args):
     try:
-        return lens_data.sources_of(args.data, args.train_roots, args.train_roots_neg)
+        return lens_data.sources_of(args.data, args.train_roots, args.train_roots_neg,
+                                    hard_negatives=getattr(args, "hard_negatives", ()))
     except lens_data.LensDataError as err:
         raise TaskError(str(err)) from None
 
@@ -68,7 +73,11 @@ def default_name(args) -> str:
 
 def data_identity(args) -> dict:
     sources = _sources(args)
-    return {"data_sources": [[r, lab] for r, lab in sources], "data_key": lens_data.listing_key(sources)}
+    try:
+        key = lens_data.listing_key(sources)  # reads the hard-negative lists
+    except lens_data.LensDataError as err:
+        raise TaskError(str(err)) from None
+    return {"data_sources": [[r, lab] for r, lab in sources], "data_key": key}
 
 
 def load_train_data(args, info) -> TrainData:
@@ -193,6 +202,13 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
             name: metrics.binary_metrics(y[(y == 1) | (kinds[rows] == code)], score[(y == 1) | (kinds[rows] == code)],
                                          n_bootstrap=0)["auc"]
             for name, code in KIND_CODES.items() if code and ((kinds[rows] == code) & (y == 0)).any()}
+    # every non-lens scored >= 0.5, most confident first: the next run's --hard-negatives (evaluated with
+    # --data on a mining set: a run's own test split is refused there, it would leak into training)
+    fp = np.flatnonzero(y == 0)[np.argsort(-score[y == 0], kind="stable")]
+    fp = fp[score[fp] >= 0.5]
+    write_csv(P("false_positives.csv"), ["rank", "id", "label", "score", "file"],
+              [[r + 1, ids[i], 0, f"{score[i]:.6f}", files[i]] for r, i in enumerate(fp)])
+    summary["false_positives_csv"] = {"n": int(len(fp)), "csv": P("false_positives.csv")}
     write_csv(P("predictions.csv"), ["id", "label", "score", "file"],
                [[i, int(t), f"{s:.6f}", f] for i, t, s, f in zip(ids, y, score, files)])
     if args.candidates:

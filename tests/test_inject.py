@@ -51,6 +51,38 @@ def point_scene(n, bands, snr, gen):
     return scene, flux_noise, gain
 
 
+@pytest.mark.parametrize("config,size", [("lens-finding-64", 64), ("lsst", 41)])
+def test_windowed_ray_shooting_equals_the_whole_stamp(config, size):
+    """Arcs shot only within `reach` of the lens (the speed-up) equal those shot over the whole
+    stamp: pixel by pixel to 1e-4 of each arc's peak, flux to 1e-3; lenses near or off the
+    edge and big windows take the whole stamp, and both kinds occur here."""
+    base = CONFIGS[config]
+    bands, n, pix = ["g", "r", "i"], 48, base.pixel_scale
+    gen = torch.Generator().manual_seed(3)
+    s, _ = survey.sample_survey(base, torch.ones(n, dtype=torch.long), gen)
+    side = size * pix
+    hosts = dict(x=(torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * side * 0.6,
+                 y=(torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * side * 0.6,
+                 q=torch.rand(n, generator=gen, dtype=torch.float64) * 0.6 + 0.4,
+                 phi=torch.rand(n, generator=gen, dtype=torch.float64) * math.pi)
+    hosts["x"][:2] = torch.tensor([side * 0.7, -side * 0.45])  # off the stamp; on its edge
+    lensed = torch.arange(n) % 8 != 0  # non-lenses stay empty
+    scene = inject.draw_injection(hosts, lensed, s, gen, bands, 0.0)
+    kernels = inject.moffat_kernels(torch.full((n, 3), 0.8, dtype=torch.float64),
+                                    torch.full((n, 3), 3.0, dtype=torch.float64), pix, 15)
+    whole = inject.render_arcs(scene, (size, size), pix, base.supersample, kernels, window=False)
+    windowed = inject.render_arcs(scene, (size, size), pix, base.supersample, kernels)
+    assert torch.equal(windowed[~lensed], torch.zeros_like(windowed[~lensed]))
+    peak = whole[lensed].flatten(2).amax(2)[:, :, None, None]
+    assert ((windowed[lensed] - whole[lensed]).abs() / peak).max() < 1e-4
+    flux = whole[lensed].sum((2, 3))
+    assert ((windowed[lensed].sum((2, 3)) - flux).abs() / flux).max() < 1e-3
+    s_rows = {k: v[lensed].float() for k, v in scene.items() if torch.is_tensor(v) and v.dim() and len(v) == n}
+    half = torch.ceil(inject.reach(s_rows) / pix) + 1
+    windows = 2 * half + 1 < size
+    assert windows.float().mean() > 0.2 and (~windows).any()  # both paths ran
+
+
 def test_noise_only_host_gets_back_the_injected_flux_and_psf_width():
     bands, size, n, pix = ["g", "r", "i"], 81, 16, 0.05  # PSFs of 10-18 pixels: the source is a point
     gen = torch.Generator().manual_seed(0)

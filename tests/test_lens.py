@@ -331,3 +331,72 @@ def test_bad_input_one_line_each(roots, seed_run, tmp_path):
                    "--output", str(tmp_path / "x.csv"))
     assert "a run of task 'microlensing'; the ensemble's first member is 'lens'" in one_error_line(r, "predict.py")
     assert not os.path.exists(tmp_path / "x.csv")
+
+
+def test_hard_negatives_join_the_training_split_only(roots, seed_run, tmp_path):
+    """evaluate.py lists the confident false positives; train.py --hard-negatives adds the listed
+    objects (all their bands) to the training split as non-lenses, splits the rest as without
+    them, leaves out rows labelled 1 or scored < 0.5, and refuses objects already in the data."""
+    run_dir, _ = seed_run
+    pool = tmp_path / "pool"
+    write_fits_root(str(pool / "lenses"), 1, 4, 7)
+    write_fits_root(str(pool / "nonlenses"), 0, 6, 8)
+    r = run_script("evaluate.py", "--run", str(run_dir), "--data", str(pool), "--no-progress", "--n-bootstrap", "5")
+    assert r.returncode == 0, r.stderr
+    preds = list(csv.DictReader(open(run_dir / "eval_pool" / "predictions.csv")))
+    fps = list(csv.DictReader(open(run_dir / "eval_pool" / "false_positives.csv")))
+    expected = sorted((p for p in preds if p["label"] == "0" and float(p["score"]) >= 0.5),
+                      key=lambda p: -float(p["score"]))
+    assert [f["id"] for f in fps] == [p["id"] for p in expected] and all(f["label"] == "0" for f in fps)
+
+    def fits(label, i):
+        return os.path.relpath(pool / ("lenses" if label else "nonlenses") / f"D1_{'L' if label else 'N'}{i:07d}_g.fits",
+                               tmp_path)
+    mined = tmp_path / "mined.csv"  # as a user edits predict.py's output: paths relative to the CSV
+    with open(mined, "w") as f:
+        f.write("id,label,score,file\n")
+        f.write(f"a,0,0.91,{fits(0, 1)}\nb,0,0.80,{fits(0, 4)}\nc,0,0.30,{fits(0, 2)}\nd,1,0.95,{fits(1, 0)}\n"
+                f"e,,0.70,{fits(0, 5).replace('_g.fits', '_z.fits')}\n")
+
+    def train(name, *extra):
+        return run_script("train.py", "--task", "lens", "--train-roots", roots["A"], "--train-roots-neg", roots["C"],
+                          "--output", str(tmp_path / "runs"), "--experiment-name", name, "--cache-dir",
+                          str(tmp_path), *FAST, *extra)
+    assert train("plain").returncode == 0
+    r = train("mined", "--hard-negatives", str(mined))
+    assert r.returncode == 0, r.stderr
+    assert "ingested 51 objects" in r.stdout and "27 nonlens" in r.stdout  # 48 + rows a, b, e (every band each)
+    plain, with_mined = (np.load(tmp_path / "runs" / n / "split.npz") for n in ("plain", "mined"))
+    assert np.array_equal(plain["val"], with_mined["val"]) and np.array_equal(plain["test"], with_mined["test"])
+    assert np.array_equal(with_mined["train"], np.concatenate([plain["train"], [48, 49, 50]]))
+    leak = tmp_path / "leak.csv"
+    leak.write_text(f"file\n{os.path.join(roots['C'], 'D1_N0000003_i.fits')}\n")
+    assert "D1_N0000003_g.fits: listed twice" in one_error_line(train("leak", "--hard-negatives", str(leak)),
+                                                                "train.py")
+    (tmp_path / "nofile.csv").write_text("id,score\nx,0.9\n")
+    assert "no `file` column" in one_error_line(train("nf", "--hard-negatives", str(tmp_path / "nofile.csv")),
+                                                "train.py")
+    (tmp_path / "gone.csv").write_text("file\nnowhere_g.fits\n")
+    assert "line 2: no such file 'nowhere_g.fits'" in one_error_line(
+        train("gone", "--hard-negatives", str(tmp_path / "gone.csv")), "train.py")
+
+
+def test_skip_bad_keeps_the_most_common_shape_whatever_comes_first(tmp_path):
+    folder = tmp_path / "hosts"
+    os.makedirs(folder)
+    np.save(folder / "000_odd.npy", np.full((3, 20, 20), np.nan, np.float32))  # read first, NaN-only
+    good = np.random.default_rng(0).normal(size=(5, 3, 16, 16)).astype(np.float32)
+    good[2, 1, :2, :3] = np.nan
+    for i, image in enumerate(good):
+        np.save(folder / f"{i + 1:03d}.npy", image)
+    sources = lens_data.sources_of(neg_roots=[str(folder)])
+    for chunk in (1, 256):  # object by object, and the whole folder in one chunk
+        index = lens_data.build_index(sources, lens_data.listing_key(sources))
+        images, kept, bad, n_pixels, n_objects = lens_data.read_pixels(index, skip_bad=True, progress=False,
+                                                                       chunk=chunk)
+        assert images.shape == (5, 3, 16, 16) and kept.tolist() == [False] + [True] * 5
+        assert np.array_equal(images, np.nan_to_num(good, nan=0.0))
+        assert len(bad) == 1 and "000_odd.npy: image of shape (3, 20, 20), most objects have (3, 16, 16)" in bad[0]
+        assert (n_pixels, n_objects) == (6, 1)  # the odd object's NaNs are not counted: it is left out
+    with pytest.raises(lens_data.LensDataError, match=r"001.npy: image of shape \(3, 16, 16\), \S+000_odd.npy has"):
+        lens_data.read_pixels(index, progress=False)

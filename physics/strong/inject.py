@@ -12,8 +12,9 @@ simulated. For each host:
    its offset come from the same distributions as the `lsst` / `lens-finding-64` simulations
    (`physics.strong.survey.sample_survey`), so injected and simulated lenses are alike.
 3. `render_arcs`: the source lensed by ray shooting on a supersampled grid at the host's pixel
-   scale, convolved with the survey PSF per band (a Moffat of drawn or given FWHM, or the user's
-   kernel).
+   scale, within a window about the lens that holds all of the source's light that counts
+   (`reach`), convolved with the survey PSF per band (a Moffat of drawn or given FWHM, or the
+   user's kernel).
 4. `paint`: the arc is added in the host's own units. Hosts are seldom calibrated (a min-max
    scaled channel has no zero point), so brightness is set by S/N against the host's measured
    noise: the arc's S/N in the reference band (i if present) is drawn like that of the simulated
@@ -33,6 +34,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from scipy.special import gammainccinv
 
 from physics.strong import light, mass
 from physics.strong.draws import uniform
@@ -50,6 +52,10 @@ MIN_OBJECT_SNR = 8.0  # an object's summed detection S/N; below it the stamp is 
 SNR_BISECTIONS = 14  # steps of the bisection that sets the arc's amplitude (S/N to 0.05%)
 SNR_BRACKET = 3.0    # ... within exp(+-3) of the guess from the arc's quadrature sum
 FWHM_STEP, BETA_STEP = 0.01, 0.25  # grids of the drawn PSFs
+# ray shooting within a window about the lens (`reach`): the share of a Sersic source's flux
+# and the Gaussian sigmas of its clumps left outside; windows come in classes of WINDOW_STEP
+# pixels of half-width (one batch each)
+SOURCE_LEFT_OUT, CLUMP_REACH, WINDOW_STEP = 1e-3, 5.0, 4
 
 
 
@@ -146,29 +152,89 @@ def draw_injection(hosts, lensed, survey_scene, gen, bands, min_snr):
     return scene
 
 
-def render_arcs(scene, size, pixel_scale, supersample, kernels, dtype=torch.float32):
-    """(N, C, H, W) lensed source for unit source flux, convolved with kernels (N or 1, C, k, k);
-    H, W = size. Rows with theta_e = 0 (non-lenses) are not rendered (zeros)."""
-    h, w = size
-    n, c = len(scene["theta_e"]), kernels.shape[1]
-    out = torch.zeros(n, c, h, w, dtype=dtype)
-    rows = torch.nonzero(scene["theta_e"] > 0).flatten()
-    if not len(rows):
-        return out
-    side = max(h, w)
+def _lensed_unit(s, side, pixel_scale, supersample, dtype):
+    """(R, 1, side, side) lensed unit source of the scene rows `s`, ray-shot on a grid centred on the stamp."""
     x, y = pixel_grid(side, pixel_scale, supersample, dtype)
-    s = {k: v[rows].to(dtype) for k, v in scene.items() if torch.is_tensor(v) and v.dim() and len(v) == n}
     ax, ay = mass.sie(x, y, s["theta_e"], s["lens_e1"], s["lens_e2"], s["lens_x"], s["lens_y"], s["core"])
     sx, sy = mass.shear(x, y, s["gamma1"], s["gamma2"], s["lens_x"], s["lens_y"])
     bx, by = x - ax - sx, y - ay - sy
     src = light.sersic(bx, by, 1 - s["clump_frac"].sum(1), s["src_r_e"], s["src_n"], s["src_e1"], s["src_e2"],
                        s["src_x"], s["src_y"])
     src = src + light.gaussians(bx, by, s["clump_frac"], s["clump_sigma"], s["clump_x"], s["clump_y"])
-    unit = pixelise(src[:, None], supersample, pixel_scale)  # (R, 1, side, side)
-    top, left = (side - h) // 2, (side - w) // 2
-    unit = unit[..., top:top + h, left:left + w].expand(-1, c, -1, -1)
-    k = kernels if len(kernels) == 1 else kernels[rows]
-    out[rows] = convolve(unit, k.to(dtype))
+    return pixelise(src[:, None], supersample, pixel_scale)
+
+
+def reach(s):
+    """(R,) radius (arcsec) about each lens beyond which the lensed source adds nothing that
+    counts: a ray at radius r lands at least r (1 - |gamma|) - max|alpha_SIE| from the lens, and
+    all but SOURCE_LEFT_OUT of the Sersic's light lies within its elliptical radius for that
+    share (its clumps' within CLUMP_REACH sigma of their centres)."""
+    angle = torch.linspace(0, 2 * math.pi, 65, dtype=s["theta_e"].dtype)[:-1]
+    ring_x = s["lens_x"][:, None, None] + torch.cos(angle)  # (R, 1, 64): the SIE deflection is the same at any radius
+    ring_y = s["lens_y"][:, None, None] + torch.sin(angle)
+    ax, ay = mass.sie(ring_x, ring_y, s["theta_e"], s["lens_e1"], s["lens_e2"], s["lens_x"], s["lens_y"])
+    alpha = torch.hypot(ax, ay).flatten(1).amax(1)
+    gamma = torch.hypot(s["gamma1"], s["gamma2"]).clamp(max=0.5)
+    # the Sersic's elliptical radius enclosing all but SOURCE_LEFT_OUT of its flux, along its major axis
+    n = s["src_n"].double()
+    radius = (torch.from_numpy(gammainccinv(2 * n.numpy(), SOURCE_LEFT_OUT)) / light.sersic_b(n)) ** n
+    q_src, _ = mass.ellipticity_to_q_phi(s["src_e1"], s["src_e2"])
+    source = torch.hypot(s["src_x"] - s["lens_x"], s["src_y"] - s["lens_y"]) \
+        + (radius.to(s["src_r_e"].dtype) * s["src_r_e"] / q_src.clamp(min=0.05).sqrt())
+    clumps = torch.hypot(s["clump_x"] - s["lens_x"][:, None], s["clump_y"] - s["lens_y"][:, None]) \
+        + CLUMP_REACH * s["clump_sigma"]
+    extent = torch.maximum(source, clumps.amax(1)) if clumps.shape[1] else source
+    return (extent + alpha) / (1 - gamma)
+
+
+def render_arcs(scene, size, pixel_scale, supersample, kernels, dtype=torch.float32, window=True):
+    """(N, C, H, W) lensed source for unit source flux, convolved with kernels (N or 1, C, k, k);
+    H, W = size. Rows with theta_e = 0 (non-lenses) are not rendered (zeros). With `window`, a
+    square stamp's rays are shot only within `reach` of each lens (on the stamp's own pixel
+    grid, rows grouped by window size), and the PSF is applied to the window padded by the
+    kernel's half-width: what is left out is at most SOURCE_LEFT_OUT of the source's flux."""
+    h, w = size
+    n, c = len(scene["theta_e"]), kernels.shape[1]
+    out = torch.zeros(n, c, h, w, dtype=dtype)
+    rows = torch.nonzero(scene["theta_e"] > 0).flatten()
+    if not len(rows):
+        return out
+    s = {k: v[rows].to(dtype) for k, v in scene.items() if torch.is_tensor(v) and v.dim() and len(v) == n}
+    kern = (kernels if len(kernels) == 1 else kernels[rows]).to(dtype)
+    side, pad = max(h, w), kernels.shape[-1] // 2
+    # the stamp pixel holding each lens and the half-width of its window, in WINDOW_STEP-pixel classes
+    centre = (torch.stack([s["lens_x"], s["lens_y"]], 1).double() / pixel_scale + (side - 1) / 2).round().long()
+    half = (torch.ceil(reach(s).double() / pixel_scale).long() + 1 + WINDOW_STEP - 1) // WINDOW_STEP * WINDOW_STEP
+    full = (half * 2 + 1 >= side) | ((centre < 0) | (centre >= side)).any(1) | (h != w) | (not window)
+    if full.any():
+        sel = torch.nonzero(full).flatten()
+        unit = _lensed_unit({k: v[sel] for k, v in s.items()}, side, pixel_scale, supersample, dtype)
+        top, left = (side - h) // 2, (side - w) // 2
+        unit = unit[..., top:top + h, left:left + w].expand(-1, c, -1, -1)
+        out[rows[sel]] = convolve(unit, kern if len(kern) == 1 else kern[sel])
+    if full.all():
+        return out
+    margin = int(half[~full].max()) + pad
+    canvas = torch.zeros(n, c, h + 2 * margin, w + 2 * margin, dtype=dtype)
+    for hw in torch.unique(half[~full]).tolist():
+        sel = torch.nonzero(~full & (half == hw)).flatten()
+        sub = {k: v[sel] for k, v in s.items()}
+        shift = ((centre[sel] - (side - 1) / 2) * pixel_scale).to(dtype)  # the window's centre on the sky
+        for axis, names in ((0, ("lens_x", "src_x", "clump_x")), (1, ("lens_y", "src_y", "clump_y"))):
+            for name in names:
+                sub[name] = sub[name] - (shift[:, axis, None] if sub[name].dim() == 2 else shift[:, axis])
+        unit = _lensed_unit(sub, 2 * hw + 1, pixel_scale, supersample, dtype)
+        # light shot beyond the stamp is dropped before the PSF, as the whole-stamp rendering drops it
+        at = centre[sel, :, None] - hw + torch.arange(2 * hw + 1)  # (R, 2, window) stamp columns, rows
+        inside = (at >= 0) & (at < side)
+        unit = F.pad(unit * (inside[:, 1, None, :, None] & inside[:, 0, None, None, :]), (pad,) * 4)
+        arcs = convolve(unit.expand(-1, c, -1, -1), kern if len(kern) == 1 else kern[sel])
+        span = 2 * (hw + pad) + 1
+        for j, r in enumerate(sel.tolist()):
+            x0, y0 = int(centre[r, 0]) + margin - hw - pad, int(centre[r, 1]) + margin - hw - pad
+            canvas[rows[r], :, y0:y0 + span, x0:x0 + span] = arcs[j]
+    windowed = rows[~full]
+    out[windowed] = canvas[windowed, :, margin:margin + h, margin:margin + w]
     return out
 
 
@@ -182,13 +248,14 @@ def moffat_kernels(fwhm_arcsec, beta, pixel_scale, size):
 
 
 def arc_snr(arc, noise, unit):
-    """S/N of arcs (N, H, W) in host units on a background of noise (N,) with the arc's own
-    Poisson variance arc x unit (N,): the simulator's definition (the sum over pixels above 1
-    sigma of the total noise, over the root of their summed variance)."""
-    variance = noise[:, None, None] ** 2 + arc.clamp(min=0) * unit[:, None, None]
+    """S/N of arcs (N, H, W), or (N, P) pixels of them, in host units on a background of noise (N,)
+    with the arc's own Poisson variance arc x unit (N,): the simulator's definition (the sum over
+    pixels above 1 sigma of the total noise, over the root of their summed variance)."""
+    arc = arc.flatten(1)
+    variance = noise[:, None] ** 2 + arc.clamp(min=0) * unit[:, None]
     mask = arc > variance.sqrt()
-    signal = (arc * mask).sum((1, 2))
-    var = (variance * mask).sum((1, 2))
+    signal = (arc * mask).sum(1)
+    var = (variance * mask).sum(1)
     return torch.where(var > 0, signal / var.clamp(min=1e-30).sqrt(), torch.zeros_like(signal))
 
 
@@ -204,9 +271,13 @@ def paint(hosts_images, unit_arcs, scene, noise, unit, ref, gen):
     # bisection in log amplitude: the S/N of amplitude a is monotonic in a
     guess = scene["snr_target"] * noise[:, ref] / (u_ref.pow(2).sum((1, 2)).sqrt().clamp(min=1e-30))
     lo, hi = torch.log(guess.clamp(min=1e-30)) - SNR_BRACKET, torch.log(guess.clamp(min=1e-30)) + SNR_BRACKET
+    # only pixels above the noise at the bracket's brightest can ever count: the bisection sees those alone
+    flat = u_ref.flatten(1)
+    can = int((flat * torch.exp(hi)[:, None] > noise[:, ref, None]).sum(1).max())
+    brightest = flat.topk(max(can, 1), dim=1, sorted=False).values
     for _ in range(SNR_BISECTIONS):
         mid = (lo + hi) / 2
-        too_faint = arc_snr(torch.exp(mid)[:, None, None] * u_ref, noise[:, ref], unit[:, ref]) < scene["snr_target"]
+        too_faint = arc_snr(torch.exp(mid)[:, None] * brightest, noise[:, ref], unit[:, ref]) < scene["snr_target"]
         lo, hi = torch.where(too_faint, mid, lo), torch.where(too_faint, hi, mid)
     amplitude = torch.where(lit, torch.exp(hi), torch.zeros_like(hi))[:, None] * weight  # (N, C)
     arcs = unit_arcs.double() * amplitude[:, :, None, None]
