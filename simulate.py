@@ -142,7 +142,9 @@ def get_args_parser():
                      help="survey cutouts to paint lensed sources into (lens and non-lens rows share them): folders of "
                           "FITS (NAME_b.fits) or .npy cutouts, folders with class folders (their non-lens training "
                           "folders only), or packed HDF5 files (their non-lens rows); any bands, square, any size")
-    inj.add_argument("--psf", metavar="FILE", help="the survey PSF: .npy or FITS, (k, k) for every band or (C, k, k)")
+    inj.add_argument("--psf", metavar="FILE|stars",
+                     help="the survey PSF: .npy or FITS, (k, k) for every band or (C, k, k); or 'stars': measured "
+                          "from the isolated stars found in the hosts (the median of at least 5)")
     inj.add_argument("--psf-fwhm", type=lambda t: [float(v) for v in t.split(",")], metavar="F[,F...]",
                      help="Moffat PSF FWHM in arcsec, one value or one per band (default: drawn per image from the "
                           "config's seeing range)")

@@ -88,7 +88,15 @@ def prepare(args, labels):
     pixel_scale = args.pixel_scale or cfg.pixel_scale
     scaling = inject.detect_scaling(torch.from_numpy(images))
     psf = None
-    if args.psf:
+    if args.psf == "stars":
+        kernels, fwhm_px, n_stars = inject.psf_from_stars(torch.from_numpy(images), h)
+        if kernels is None:
+            raise InjectionError(f"--psf stars: {n_stars} isolated star(s) found in the {n} hosts ({args.hosts[0]}, "
+                                 f"...), at least {inject.MIN_STARS} are needed; give --psf FILE or --psf-fwhm")
+        psf = kernels.numpy()
+        print(f"PSF measured from {n_stars} stars in the hosts: {psf.shape[-1]}x{psf.shape[-1]} pixels, FWHM "
+              + ", ".join(f"{b} {f * (args.pixel_scale or cfg.pixel_scale):.2f}\"" for b, f in zip(bands, fwhm_px)))
+    elif args.psf:
         psf = read_psf(args.psf, c, h)
     elif args.psf_fwhm:
         if len(args.psf_fwhm) not in (1, c):
@@ -105,9 +113,12 @@ def prepare(args, labels):
         files=files, images=images, host_rows=host_rows, tmp=tmp, cfg=out_cfg, bands=bands,
         spec=dict(hosts_file=os.path.join(tmp, "hosts.npy"), base_config=name, bands=list(bands),
                   pixel_scale=pixel_scale, scaling=scaling, psf=None if psf is None else psf.tolist(),
+                  psf_kernel_fwhm=None if psf is None else (inject.kernel_fwhm(torch.from_numpy(psf))
+                                                            * pixel_scale).tolist(),
                   psf_fwhm=args.psf_fwhm, max_shift=args.host_shift, depth=math.sqrt(cfg.depth[0] * cfg.depth[1])),
         definition=dict(hosts=digest, n_hosts=int(n), host_scaling=scaling, host_shift=args.host_shift,
-                        psf=("file " + hashlib.sha1(psf.tobytes()).hexdigest()) if psf is not None
+                        psf=(f"{'stars' if args.psf == 'stars' else 'file'} {hashlib.sha1(psf.tobytes()).hexdigest()}")
+                        if psf is not None
                         else f"fwhm {args.psf_fwhm}" if args.psf_fwhm else f"fwhm {list(cfg.psf_fwhm)}"))
     print(f"painting lenses into {n} host cutouts ({c}x{h}x{w}, bands {','.join(bands)}, {pixel_scale:g}\"/px, "
           f"stored {scaling}; config {name})")
@@ -143,7 +154,7 @@ def run_block(spec, job, scene_seed, noise_seed):
     size = hosts.shape[-1]
     if spec["psf"] is not None:
         kernels = torch.tensor(spec["psf"], dtype=torch.float64)[None]
-        fwhm = torch.full((n, c), math.nan, dtype=torch.float64)
+        fwhm = torch.tensor(spec["psf_kernel_fwhm"], dtype=torch.float64).expand(n, c).clone()  # fitted Moffat
     else:
         if spec["psf_fwhm"]:
             fwhm = torch.tensor(spec["psf_fwhm"], dtype=torch.float64).expand(n, c).clone()

@@ -336,6 +336,64 @@ def test_a_user_psf_file_is_used_as_given(tmp_path, npy_hosts):
     assert r.returncode == 0, r.stderr
     with open(os.path.join(out, "simulation.json")) as f:
         assert json.load(f)["psf"].startswith("file ")
+    fwhm = np.array([float(row["psf_fwhm_i"]) for row in csv.DictReader(open(os.path.join(out, "params.csv")))])
+    # the kernel's own FWHM, as a pixel-integrated Moffat fitted to this Gaussian sampled at pixel centres sees it
+    assert np.allclose(fwhm, 2.3548 * 2.0 * CONFIGS["lens-finding-64"].pixel_scale, rtol=0.05)
+
+
+def moffat_image(size, x0, y0, fwhm, beta=3.0, sub=5):
+    """A pixel-integrated (sub x sub samples) Moffat of unit flux centred at (x0, y0) pixels."""
+    yy, xx = np.mgrid[:size, :size]
+    alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    offsets = (np.arange(sub) - (sub - 1) / 2) / sub
+    image = sum((1 + ((xx + a - x0) ** 2 + (yy + b - y0) ** 2) / alpha ** 2) ** -beta for a in offsets for b in offsets)
+    return image / image.sum()
+
+
+def starry_hosts(n=60, size=64, fwhm=(4.0, 3.5, 3.0), seed=0):
+    """Hosts with a central galaxy each and, in every other one, a star (Moffat of known FWHM per band)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    hosts = rng.normal(0, 1, (n, len(fwhm), size, size))
+    for i in range(n):
+        hosts[i] += 60 * np.exp(-0.5 * (((xx - rng.uniform(-2, 2)) / 4) ** 2 + (yy / 2.5) ** 2))
+        x0, y0 = rng.uniform(8, size - 8, 2)
+        if i % 2 == 0 and max(abs(x0 - (size - 1) / 2), abs(y0 - (size - 1) / 2)) > 12:
+            flux = rng.uniform(800, 3000)
+            for b, f in enumerate(fwhm):
+                hosts[i, b] += flux * moffat_image(size, x0, y0, f)
+    return hosts
+
+
+def test_the_psf_measured_from_stars_in_the_hosts(tmp_path, npy_hosts):
+    """--psf stars: the isolated stars among galaxies give each band's FWHM within 3% and the
+    kernel's shape within 5% of its peak; hosts without stars get one clear line."""
+    fwhm = (4.0, 3.5, 3.0)
+    hosts = starry_hosts(fwhm=fwhm)
+    kernels, measured, n_stars = inject.psf_from_stars(torch.from_numpy(hosts), 64)
+    assert n_stars >= inject.MIN_STARS and kernels.shape[1] % 2 == 1
+    assert np.allclose(measured.numpy(), fwhm, rtol=0.03), measured
+    k = kernels.shape[-1]
+    truth = np.stack([moffat_image(k, (k - 1) / 2, (k - 1) / 2, f) for f in fwhm])
+    assert np.abs(kernels.numpy() - truth / truth.sum((1, 2), keepdims=True)).max() < 0.05 * truth.max()
+    assert inject.psf_from_stars(torch.from_numpy(hosts[1::2]), 64)[0] is None  # galaxies only: no PSF
+    folder = tmp_path / "starry"
+    os.makedirs(folder)
+    for i, host in enumerate(hosts.astype(np.float32)):
+        np.save(folder / f"{i:03d}.npy", host)
+    out = str(tmp_path / "out")
+    r = run_script("simulate.py", "--task", "lens", "--hosts", str(folder), "--n-lens", "8", "--n-nonlens", "8",
+                   "--format", "npy", "--output", out, "--no-progress", "--num-workers", "1", "--psf", "stars")
+    assert r.returncode == 0 and "PSF measured from" in r.stdout, r.stderr
+    assert json.load(open(os.path.join(out, "simulation.json")))["psf"].startswith("stars ")
+    row = next(csv.DictReader(open(os.path.join(out, "params.csv"))))
+    scale = CONFIGS["lens-finding-64"].pixel_scale
+    assert [float(row[f"psf_fwhm_{b}"]) for b in "gri"] == pytest.approx([f * scale for f in fwhm], rel=0.03)
+    line = one_error_line(run_script("simulate.py", "--task", "lens", "--hosts", npy_hosts, "--n-lens", "4",
+                                     "--n-nonlens", "4", "--output", str(tmp_path / "none"), "--psf", "stars",
+                                     "--no-progress"),
+                          "simulate.py")
+    assert "--psf stars:" in line and "isolated star(s) found in the 12 hosts" in line
 
 
 def test_a_killed_painting_resumes_to_the_same_files(tmp_path, npy_hosts):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import gammainccinv
@@ -56,6 +57,13 @@ FWHM_STEP, BETA_STEP = 0.01, 0.25  # grids of the drawn PSFs
 # and the Gaussian sigmas of its clumps left outside; windows come in classes of WINDOW_STEP
 # pixels of half-width (one batch each)
 SOURCE_LEFT_OUT, CLUMP_REACH, WINDOW_STEP = 1e-3, 5.0, 4
+# stars for the PSF (--psf stars): detection S/N of a star's peak, of a neighbour that spoils its
+# stamp; size within this factor of the smallest candidates'; fewer stars than MIN_STARS: no PSF
+STAR_MIN_SNR, STAR_NEIGHBOUR_SNR, STAR_SIZE_SPREAD, MIN_STARS = 30.0, 8.0, 1.2, 5
+STAR_BOX, STAR_WEIGHT = 15, 3.0  # pixels: the box and the Gaussian weight of the size measurement
+STAR_MIN_Q = 0.8  # axis ratio of a star's weighted moments (a PSF is nearly round; weighting makes shapes rounder)
+STAR_HOST_RADII, STAR_HOST_MIN = 3.0, 5.0  # stars are sought beyond 3 host sizes (and 5 pixels) of its centre
+CENTRE_ITERATIONS = 8  # of a star's weighted centroid (each removes ~2/3 of the offset left)
 
 
 
@@ -67,13 +75,9 @@ def _border(images, width):
     return images[..., keep]
 
 
-def measure_hosts(images, pixel_scale):
-    """Robust properties of host cutouts (N, C, H, W) in their own units (float64 CPU tensors):
-    background, noise (N, C); x, y (arcsec from the stamp centre, x along columns), size (arcsec,
-    the light's geometric-mean second-moment radius), q, phi (major-axis angle, radians from x
-    towards y), flux (N, C) of the central object; has_light (N,) False for an empty stamp
-    (centre, q = 1 and phi = 0 taken then). noise is 0 for a constant image."""
-    images = images.to(torch.float64)
+def _detection_map(images):
+    """(background, noise (N, C), detection (N, H, W)): each band's border median and MAD, and
+    the band-summed excess over the background in units of its noise (unit variance on white noise)."""
     n, c, h, w = images.shape
     frame = _border(images, max(2, min(h, w) // 8))
     background = frame.median(-1).values
@@ -82,7 +86,120 @@ def measure_hosts(images, pixel_scale):
     whole = 1.4826 * (flat - flat.median(-1, keepdim=True).values).abs().median(-1).values
     noise = torch.where(noise > 0, noise, whole)  # a border of zeros (masked, or min-max padded)
     excess = (images - background[..., None, None]) / noise.clamp(min=1e-30)[..., None, None]
-    detection = excess.sum(1) / math.sqrt(c)  # (N, H, W), unit variance on white noise
+    return background, noise, excess.sum(1) / math.sqrt(c)
+
+
+def kernel_fwhm(kernels):
+    """(C,) FWHM in pixels of kernels (C, k, k): a pixel-integrated Moffat profile (centre,
+    amplitude, alpha, beta; 4x4 samples per pixel) fitted by least squares to each, FWHM =
+    2 alpha sqrt(2^(1/beta) - 1): the optical FWHM, as --psf-fwhm gives it."""
+    from scipy.optimize import curve_fit
+    k = kernels.shape[-1]
+    sub = (np.arange(4) - 1.5) / 4
+    yy, xx = np.mgrid[:k, :k] - (k - 1) / 2
+    yy = (yy[..., None, None] + sub[:, None] + 0 * sub).reshape(k, k, 16)
+    xx = (xx[..., None, None] + sub + 0 * sub[:, None]).reshape(k, k, 16)
+
+    def moffat(_, x0, y0, amp, alpha, beta):
+        return (amp * (1 + ((xx - x0) ** 2 + (yy - y0) ** 2) / alpha ** 2) ** -beta).mean(-1).ravel()
+    out = []
+    for kernel in kernels.double().numpy():
+        guess = (0.0, 0.0, kernel.max(), max(1.0, math.sqrt((kernel > kernel.max() / 2).sum() / math.pi)), 3.0)
+        try:
+            (_, _, _, alpha, beta), _ = curve_fit(moffat, None, kernel.ravel(), p0=guess, maxfev=2000,
+                                                  bounds=([-k, -k, 0, 0.1, 0.5], [k, k, np.inf, k, 20]))
+            out.append(2 * alpha * math.sqrt(2 ** (1 / beta) - 1))
+        except RuntimeError:  # no convergence: the area above half the peak
+            out.append(2 * math.sqrt((kernel >= kernel.max() / 2).sum() / math.pi))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def psf_from_stars(images, max_side):
+    """The PSF measured from the stars in host cutouts (N, C, H, W): point sources found as
+    local maxima of the detection map above STAR_MIN_SNR, away from the host galaxy the cutout is
+    centred on, round, whose size (weighted second moments) is within STAR_SIZE_SPREAD of the
+    smallest such candidates' (galaxies are larger), with no other source within the stamp; each star background-subtracted, re-centred by a Fourier
+    shift, normalised per band, and the stars' median taken. Returns (kernels (C, k, k) of sum
+    1 with k odd <= max_side, FWHM per band in pixels (C,), number of stars); (None, None, n)
+    when fewer than MIN_STARS stars are found."""
+    images = images.to(torch.float64)
+    n, c, h, w = images.shape
+    background, _, det = _detection_map(images)
+    local_max = det == F.max_pool2d(det[:, None], 5, 1, 2)[:, 0]
+    peaks = torch.nonzero(local_max & (det > STAR_MIN_SNR))  # (P, 3): host, row, column
+    others = torch.nonzero(local_max & (det > STAR_NEIGHBOUR_SNR))
+    b = STAR_BOX // 2
+    peaks = peaks[(peaks[:, 1] >= b) & (peaks[:, 1] < h - b) & (peaks[:, 2] >= b) & (peaks[:, 2] < w - b)]
+    # not the host itself: cutouts are centred on their galaxy, stars are its neighbours
+    host = measure_hosts(images, 1.0)
+    near_x = peaks[:, 2] - (w - 1) / 2 - host["x"][peaks[:, 0]]
+    near_y = peaks[:, 1] - (h - 1) / 2 - host["y"][peaks[:, 0]]
+    keep_out = (STAR_HOST_RADII * host["size"].nan_to_num(0.0)).clamp(min=STAR_HOST_MIN)[peaks[:, 0]]
+    peaks = peaks[~host["has_light"][peaks[:, 0]] | (torch.hypot(near_x, near_y) > keep_out)]
+    if len(peaks) < MIN_STARS:
+        return None, None, int(len(peaks))
+    offsets = torch.arange(-b, b + 1)
+    box = det[peaks[:, 0, None, None], peaks[:, 1, None, None] + offsets[:, None],
+              peaks[:, 2, None, None] + offsets[None, :]].clamp(min=0)  # (P, box, box)
+    # size: Gaussian-weighted second moments (weight sigma STAR_WEIGHT), unbiased for a Gaussian source
+    r2 = (offsets[:, None] ** 2 + offsets[None, :] ** 2).double()
+    weighted = box * torch.exp(-r2 / (2 * STAR_WEIGHT ** 2))
+    norm = weighted.sum((1, 2)).clamp(min=1e-30)
+    ixx, iyy = ((weighted * offsets[None, :] ** 2).sum((1, 2)) / norm, (weighted * offsets[:, None] ** 2).sum((1, 2)) / norm)
+    ixy = (weighted * offsets[:, None] * offsets[None, :]).sum((1, 2)) / norm
+    m = (ixx + iyy) / 2
+    size = torch.sqrt(m * STAR_WEIGHT ** 2 / (STAR_WEIGHT ** 2 - m).clamp(min=1e-6))
+    diff = torch.sqrt(((ixx - iyy) / 2) ** 2 + ixy ** 2)
+    round_ = torch.sqrt((m - diff).clamp(min=0) / (m + diff).clamp(min=1e-30)) > STAR_MIN_Q  # weighted: rounder
+    size = torch.where(round_, size, torch.full_like(size, math.inf))
+    if not round_.any():
+        return None, None, 0
+    smallest = size[round_].sort().values[:max(3, int(round_.sum()) // 5)].median()
+    fwhm_guess = 2.3548 * float(smallest)
+    k = min(max(9, 2 * math.ceil(2.5 * fwhm_guess) + 1), max_side - (1 - max_side % 2))
+    half = k // 2
+    star = (size <= STAR_SIZE_SPREAD * smallest) & (peaks[:, 1] >= half) & (peaks[:, 1] < h - half) \
+        & (peaks[:, 2] >= half) & (peaks[:, 2] < w - half)
+    for i in torch.nonzero(star).flatten().tolist():  # isolated: no other source within the stamp
+        host, row, col = peaks[i].tolist()
+        near = others[(others[:, 0] == host) & ((others[:, 1] - row).abs() <= half) & ((others[:, 2] - col).abs() <= half)]
+        star[i] = len(near) == 1
+    chosen = peaks[star]
+    if len(chosen) < MIN_STARS:
+        return None, None, int(len(chosen))
+    grid = torch.arange(-half, half + 1)
+    stamps = images[chosen[:, 0, None, None, None], torch.arange(c)[None, :, None, None],
+                    chosen[:, 1, None, None, None] + grid[:, None], chosen[:, 2, None, None, None] + grid[None, :]]
+    stamps = stamps - background[chosen[:, 0]][..., None, None]
+    # each star's sub-pixel centre moved onto the central pixel by a Fourier shift, found by iterating
+    # the centroid within a Gaussian weight about the centre (its fixed point is the true centre)
+    fy, fx = torch.fft.fftfreq(k, dtype=torch.float64), torch.fft.rfftfreq(k, dtype=torch.float64)
+    spectra = torch.fft.rfft2(stamps)
+    weight = torch.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * max(fwhm_guess, 1.0) ** 2)).double()
+    sx, sy = torch.zeros(len(chosen), dtype=torch.float64), torch.zeros(len(chosen), dtype=torch.float64)
+    for _ in range(CENTRE_ITERATIONS):
+        phase = torch.exp(2j * math.pi * (sy[:, None, None] * fy[:, None] + sx[:, None, None] * fx[None, :]))
+        shifted = torch.fft.irfft2(spectra * phase[:, None], s=(k, k))
+        light = shifted.sum(1).clamp(min=0) * weight
+        total = light.sum((1, 2)).clamp(min=1e-30)
+        sx = sx + (light * grid[None, :]).sum((1, 2)) / total
+        sy = sy + (light * grid[:, None]).sum((1, 2)) / total
+    stamps = shifted
+    stamps = stamps / stamps.sum((2, 3), keepdim=True).clamp(min=1e-30)
+    kernels = stamps.median(0).values.clamp(min=0)
+    kernels = kernels / kernels.sum((1, 2), keepdim=True)
+    return kernels, kernel_fwhm(kernels), int(len(chosen))
+
+
+def measure_hosts(images, pixel_scale):
+    """Robust properties of host cutouts (N, C, H, W) in their own units (float64 CPU tensors):
+    background, noise (N, C); x, y (arcsec from the stamp centre, x along columns), size (arcsec,
+    the light's geometric-mean second-moment radius), q, phi (major-axis angle, radians from x
+    towards y), flux (N, C) of the central object; has_light (N,) False for an empty stamp
+    (centre, q = 1 and phi = 0 taken then). noise is 0 for a constant image."""
+    images = images.to(torch.float64)
+    n, c, h, w = images.shape
+    background, noise, detection = _detection_map(images)
     smooth = 3 * F.avg_pool2d(detection[:, None], 3, 1, 1, count_include_pad=False)[:, 0]  # ditto, 3x3 box
     detected = smooth > DETECT_SIGMA
     row = torch.arange(h, dtype=torch.float64)[:, None] - (h - 1) / 2
