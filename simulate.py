@@ -152,6 +152,10 @@ def get_args_parser():
     inj.add_argument("--host-shift", type=non_negative_int, default=4,
                      help="hosts are used under a random symmetry of the square and a shift of up to this many "
                           "pixels (edges reflected), so few hosts give many images")
+    inj.add_argument("--painted-neighbours", type=float, default=0.0, metavar="F",
+                     help="share of the non-lens hosts given an unlensed blue galaxy 0.6-3\" from their centre, "
+                          "drawn and painted like the lensed sources (same S/N, colours, PSF): look-alikes that "
+                          "only the lensing geometry tells apart (default 0: the hosts as they are)")
     inj.add_argument("--skip-bad", action="store_true",
                      help="leave out (and list) unreadable hosts, hosts of another shape, hosts with no signal")
     im.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the ray shooting")
@@ -338,8 +342,11 @@ def main(args):
             raise SimulationError("--negatives chooses simulated non-lenses; with --hosts the non-lenses are your cutouts")
         if args.shard or args.merge:
             raise SimulationError("--hosts runs are not sharded (painting is fast); drop --shard / --merge")
-    elif args.psf or args.psf_fwhm or args.pixel_scale:
-        raise SimulationError("--psf, --psf-fwhm and --pixel-scale describe --hosts cutouts; give --hosts")
+        if not 0 <= args.painted_neighbours <= 1:
+            raise SimulationError(f"--painted-neighbours is a share of the non-lenses (0-1), got {args.painted_neighbours}")
+    elif args.psf or args.psf_fwhm or args.pixel_scale or args.painted_neighbours:
+        raise SimulationError("--psf, --psf-fwhm, --pixel-scale and --painted-neighbours describe --hosts cutouts; "
+                              "give --hosts")
     if args.merge:
         run_merge(args)
         return

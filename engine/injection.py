@@ -115,8 +115,10 @@ def prepare(args, labels):
                   pixel_scale=pixel_scale, scaling=scaling, psf=None if psf is None else psf.tolist(),
                   psf_kernel_fwhm=None if psf is None else (inject.kernel_fwhm(torch.from_numpy(psf))
                                                             * pixel_scale).tolist(),
-                  psf_fwhm=args.psf_fwhm, max_shift=args.host_shift, depth=math.sqrt(cfg.depth[0] * cfg.depth[1])),
+                  psf_fwhm=args.psf_fwhm, max_shift=args.host_shift, depth=math.sqrt(cfg.depth[0] * cfg.depth[1]),
+                  painted_neighbours=args.painted_neighbours),
         definition=dict(hosts=digest, n_hosts=int(n), host_scaling=scaling, host_shift=args.host_shift,
+                        painted_neighbours=args.painted_neighbours,
                         psf=(f"{'stars' if args.psf == 'stars' else 'file'} {hashlib.sha1(psf.tobytes()).hexdigest()}")
                         if psf is not None
                         else f"fwhm {args.psf_fwhm}" if args.psf_fwhm else f"fwhm {list(cfg.psf_fwhm)}"))
@@ -145,7 +147,11 @@ def run_block(spec, job, scene_seed, noise_seed):
     shifts = torch.randint(-m, m + 1, (n, 2), generator=gen)
     hosts = inject.augment(_HOSTS["images"][torch.as_tensor(host_rows)].double(), flips, shifts)
     measured = inject.measure_hosts(hosts, pixel_scale)
-    scene = inject.draw_injection(measured, lensed, survey_scene, gen, bands, spec["min_arc_snr"])
+    neighbour = None  # drawn only when asked for, so the default's random stream is unchanged
+    if spec.get("painted_neighbours"):
+        neighbour = ~lensed & (torch.rand(n, generator=gen, dtype=torch.float64) < spec["painted_neighbours"])
+    scene = inject.draw_injection(measured, lensed, survey_scene, gen, bands, spec["min_arc_snr"], neighbour)
+    painted = lensed if neighbour is None else lensed | neighbour
     flux_noise, gain = inject.band_model(bands, pixel_scale, spec["depth"])
     ref = inject.reference_band(bands)
     scene.update(flux_noise=flux_noise[None], flux_noise_ref=flux_noise[ref])
@@ -161,12 +167,13 @@ def run_block(spec, job, scene_seed, noise_seed):
         k = min(int(2 * math.ceil(2.5 * float(fwhm.max()) / pixel_scale) + 1), size - (1 - size % 2))
         kernels = inject.moffat_kernels(fwhm, beta, pixel_scale, k)
     arcs = inject.render_arcs(scene, (size, size), pixel_scale, base.supersample, kernels)
-    painted, amplitude, snr = inject.paint(hosts, arcs, scene, measured["noise"], unit, ref, noise_gen)
-    images = inject.rescale(painted, spec["scaling"]).float()
-    lens_kind, host_kind = survey.KIND_CODES["lens"], survey.KIND_CODES["host"]
+    images, amplitude, snr = inject.paint(hosts, arcs, scene, measured["noise"], unit, ref, noise_gen)
+    images = inject.rescale(images, spec["scaling"]).float()
+    codes = survey.KIND_CODES
     nan = torch.full((n,), math.nan, dtype=torch.float64)
     params = dict(
-        kind=torch.where(lensed, float(lens_kind), float(host_kind)).double(),
+        kind=torch.where(lensed, float(codes["lens"]), torch.where(painted, float(codes["pair"]),
+                                                                   float(codes["host"]))).double(),
         host_index=torch.as_tensor(host_rows, dtype=torch.float64), host_flip=flips.double(),
         host_shift_x=shifts[:, 0].double(), host_shift_y=shifts[:, 1].double(),
         host_x=measured["x"], host_y=measured["y"], host_size=measured["size"], host_q=measured["q"],
@@ -174,14 +181,14 @@ def run_block(spec, job, scene_seed, noise_seed):
         theta_e=scene["theta_e"], deflector_theta_e=scene["deflector_theta_e"],
         lens_x=scene["lens_x"], lens_y=scene["lens_y"], lens_e1=scene["lens_e1"], lens_e2=scene["lens_e2"],
         gamma1=scene["gamma1"], gamma2=scene["gamma2"],
-        **{k: torch.where(lensed, scene[k], nan) for k in ("src_x", "src_y", "src_r_e", "src_n", "src_e1", "src_e2")},
+        **{k: torch.where(painted, scene[k], nan) for k in ("src_x", "src_y", "src_r_e", "src_n", "src_e1", "src_e2")},
         # the flux of a unit source inside the stamp (an arc cut by the edge counts less)
         magnification=torch.where(lensed, arcs[:, ref].double().sum((1, 2)), nan),
-        arc_snr_target=torch.where(lensed, scene["snr_target"], nan), arc_snr=snr,
+        arc_snr_target=torch.where(painted, scene["snr_target"], nan), arc_snr=snr,
     )
     for j, b in enumerate(bands):
         params[f"host_noise_{b}"] = measured["noise"][:, j]
-        params[f"arc_amplitude_{b}"] = torch.where(lensed, amplitude[:, j], nan)
+        params[f"arc_amplitude_{b}"] = torch.where(painted, amplitude[:, j], nan)
         params[f"psf_fwhm_{b}"] = fwhm[:, j]
     return block_index, {"images": images.numpy()}, {k: v.numpy() for k, v in params.items()}
 

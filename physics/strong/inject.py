@@ -57,6 +57,7 @@ FWHM_STEP, BETA_STEP = 0.01, 0.25  # grids of the drawn PSFs
 # and the Gaussian sigmas of its clumps left outside; windows come in classes of WINDOW_STEP
 # pixels of half-width (one batch each)
 SOURCE_LEFT_OUT, CLUMP_REACH, WINDOW_STEP = 1e-3, 5.0, 4
+NEIGHBOUR_SEP = (0.6, 3.0)  # arcsec: painted unlensed neighbours (--painted-neighbours), as the simulated pairs
 # stars for the PSF (--psf stars): detection S/N of a star's peak, of a neighbour that spoils its
 # stamp; size within this factor of the smallest candidates'; fewer stars than MIN_STARS: no PSF
 STAR_MIN_SNR, STAR_NEIGHBOUR_SNR, STAR_SIZE_SPREAD, MIN_STARS = 30.0, 8.0, 1.2, 5
@@ -237,11 +238,13 @@ def band_model(bands, pixel_scale, depth):
     return background.sqrt() / gain, gain
 
 
-def draw_injection(hosts, lensed, survey_scene, gen, bands, min_snr):
+def draw_injection(hosts, lensed, survey_scene, gen, bands, min_snr, neighbour=None):
     """Mass, source, colours and target S/N for each host (rows of `hosts` from
     measure_hosts, already indexed per image). survey_scene: `sample_survey` drawn for all-lens
     labels (theta_e, shear, source and its offset from the lens). Non-lens rows (lensed False)
-    keep their would-be mass (deflector_theta_e) with theta_e 0, as simulated non-lenses do."""
+    keep their would-be mass (deflector_theta_e) with theta_e 0, as simulated non-lenses do.
+    `neighbour` (N,) bool marks non-lens rows whose source is painted unlensed, NEIGHBOUR_SEP
+    from the host's centre (the simulations' close pairs): scene["neighbour"]."""
     n = len(lensed)
     q = (hosts["q"] + MASS_Q_SCATTER * torch.randn(n, generator=gen, dtype=torch.float64)).clamp(MASS_Q_MIN, 1.0)
     phi = hosts["phi"] + MASS_ANGLE_SCATTER * torch.randn(n, generator=gen, dtype=torch.float64)
@@ -257,6 +260,15 @@ def draw_injection(hosts, lensed, survey_scene, gen, bands, min_snr):
                  **{k: s[k] for k in ("src_r_e", "src_n", "src_e1", "src_e2", "clump_frac", "clump_sigma")},
                  clump_x=hosts["x"][:, None] + s["clump_x"] - s["lens_x"][:, None],
                  clump_y=hosts["y"][:, None] + s["clump_y"] - s["lens_y"][:, None])
+    if neighbour is not None:
+        sep = uniform(gen, n, *NEIGHBOUR_SEP)
+        angle = uniform(gen, n, 0, 2 * math.pi)
+        nx, ny = hosts["x"] + sep * torch.cos(angle), hosts["y"] + sep * torch.sin(angle)
+        for axis, new in (("x", nx), ("y", ny)):
+            scene[f"clump_{axis}"] = torch.where(neighbour[:, None], scene[f"clump_{axis}"] - scene[f"src_{axis}"][:, None]
+                                                 + new[:, None], scene[f"clump_{axis}"])
+            scene[f"src_{axis}"] = torch.where(neighbour, new, scene[f"src_{axis}"])
+        scene["neighbour"] = neighbour & ~lensed
     colours = torch.stack([BLUE_COLOURS.get(b, (0.0, 0.1))[0] + BLUE_COLOURS.get(b, (0.0, 0.1))[1]
                            * torch.randn(n, generator=gen, dtype=torch.float64) for b in bands], 1)
     scene["colour_flux"] = 10 ** (-0.4 * colours)  # (N, C) band flux / reference-band flux
@@ -306,14 +318,17 @@ def reach(s):
 
 def render_arcs(scene, size, pixel_scale, supersample, kernels, dtype=torch.float32, window=True):
     """(N, C, H, W) lensed source for unit source flux, convolved with kernels (N or 1, C, k, k);
-    H, W = size. Rows with theta_e = 0 (non-lenses) are not rendered (zeros). With `window`, a
+    H, W = size. Rows with theta_e = 0 (non-lenses) are not rendered (zeros) unless scene["neighbour"]. With `window`, a
     square stamp's rays are shot only within `reach` of each lens (on the stamp's own pixel
     grid, rows grouped by window size), and the PSF is applied to the window padded by the
     kernel's half-width: what is left out is at most SOURCE_LEFT_OUT of the source's flux."""
     h, w = size
     n, c = len(scene["theta_e"]), kernels.shape[1]
     out = torch.zeros(n, c, h, w, dtype=dtype)
-    rows = torch.nonzero(scene["theta_e"] > 0).flatten()
+    drawn = scene["theta_e"] > 0
+    if "neighbour" in scene:  # unlensed sources of non-lenses: theta_e 0 deflects nothing
+        drawn = drawn | scene["neighbour"]
+    rows = torch.nonzero(drawn).flatten()
     if not len(rows):
         return out
     s = {k: v[rows].to(dtype) for k, v in scene.items() if torch.is_tensor(v) and v.dim() and len(v) == n}
