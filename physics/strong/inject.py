@@ -56,7 +56,7 @@ FWHM_STEP, BETA_STEP = 0.01, 0.25  # grids of the drawn PSFs
 # ray shooting within a window about the lens (`reach`): the share of a Sersic source's flux
 # and the Gaussian sigmas of its clumps left outside; windows come in classes of WINDOW_STEP
 # pixels of half-width (one batch each)
-SOURCE_LEFT_OUT, CLUMP_REACH, WINDOW_STEP = 1e-3, 5.0, 4
+SOURCE_LEFT_OUT, CLUMP_REACH, WINDOW_STEP = 1e-3, 5.0, 2
 NEIGHBOUR_SEP = (0.6, 3.0)  # arcsec: painted unlensed neighbours (--painted-neighbours), as the simulated pairs
 # stars for the PSF (--psf stars): detection S/N of a star's peak, of a neighbour that spoils its
 # stamp; size within this factor of the smallest candidates'; fewer stars than MIN_STARS: no PSF
@@ -83,9 +83,11 @@ def _detection_map(images):
     frame = _border(images, max(2, min(h, w) // 8))
     background = frame.median(-1).values
     noise = 1.4826 * (frame - background[..., None]).abs().median(-1).values
-    flat = images.reshape(n, c, -1)
-    whole = 1.4826 * (flat - flat.median(-1, keepdim=True).values).abs().median(-1).values
-    noise = torch.where(noise > 0, noise, whole)  # a border of zeros (masked, or min-max padded)
+    zero = noise <= 0  # a border of zeros (masked, or min-max padded): the whole image's MAD instead
+    if zero.any():
+        flat = images.reshape(n, c, -1)[zero]
+        noise = noise.clone()
+        noise[zero] = 1.4826 * (flat - flat.median(-1, keepdim=True).values).abs().median(-1).values
     excess = (images - background[..., None, None]) / noise.clamp(min=1e-30)[..., None, None]
     return background, noise, excess.sum(1) / math.sqrt(c)
 
@@ -375,8 +377,17 @@ def moffat_kernels(fwhm_arcsec, beta, pixel_scale, size):
     (FWHM, beta) pair is computed once (psf_fwhm_draw draws them on a grid)."""
     pairs, inverse = torch.unique(torch.stack([fwhm_arcsec.flatten(), beta.flatten()], 1), dim=0,
                                   return_inverse=True)
-    bank = moffat_psf(pairs[:, 0] / pixel_scale, pairs[:, 1], size)  # (U, size, size)
+    keys = [(f, b, pixel_scale, size) for f, b in pairs.tolist()]
+    new = [k for k in keys if k not in _KERNELS]
+    if new:  # a worker keeps the kernels it has made: the grid is small, blocks reuse them
+        made = moffat_psf(torch.tensor([k[0] for k in new], dtype=torch.float64) / pixel_scale,
+                          torch.tensor([k[1] for k in new], dtype=torch.float64), size)
+        _KERNELS.update(zip(new, made))
+    bank = torch.stack([_KERNELS[k] for k in keys])  # (U, size, size)
     return bank[inverse].reshape(fwhm_arcsec.shape + (size, size))
+
+
+_KERNELS = {}  # (FWHM, beta, pixel scale, size) -> kernel
 
 
 def arc_snr(arc, noise, unit):
@@ -398,25 +409,32 @@ def paint(hosts_images, unit_arcs, scene, noise, unit, ref, gen):
     achieved S/N (N,)); rows without an arc come back unchanged with amplitude 0, S/N NaN."""
     weight = scene["colour_flux"] * noise / noise[:, ref:ref + 1].clamp(min=1e-30) \
         * scene["flux_noise_ref"] / scene["flux_noise"]  # (N, C): host units of band c per reference unit
-    u_ref = unit_arcs[:, ref].double()
-    lit = u_ref.amax((1, 2)) > 0
+    lit = unit_arcs[:, ref].flatten(1).amax(1) > 0
+    rows = torch.nonzero(lit).flatten()  # only rows with an arc are painted (the non-lenses stay as they are)
+    n = len(lit)
+    amplitude = torch.zeros_like(weight)
+    snr = torch.full((n,), math.nan, dtype=torch.float64)
+    if not len(rows):
+        return hosts_images.double(), amplitude, snr
+    u_ref = unit_arcs[rows, ref].double()
+    noise_ref, unit_ref, target = noise[rows, ref], unit[rows, ref], scene["snr_target"][rows]
     # bisection in log amplitude: the S/N of amplitude a is monotonic in a
-    guess = scene["snr_target"] * noise[:, ref] / (u_ref.pow(2).sum((1, 2)).sqrt().clamp(min=1e-30))
+    guess = target * noise_ref / (u_ref.pow(2).sum((1, 2)).sqrt().clamp(min=1e-30))
     lo, hi = torch.log(guess.clamp(min=1e-30)) - SNR_BRACKET, torch.log(guess.clamp(min=1e-30)) + SNR_BRACKET
     # only pixels above the noise at the bracket's brightest can ever count: the bisection sees those alone
     flat = u_ref.flatten(1)
-    can = int((flat * torch.exp(hi)[:, None] > noise[:, ref, None]).sum(1).max())
+    can = int((flat * torch.exp(hi)[:, None] > noise_ref[:, None]).sum(1).max())
     brightest = flat.topk(max(can, 1), dim=1, sorted=False).values
     for _ in range(SNR_BISECTIONS):
         mid = (lo + hi) / 2
-        too_faint = arc_snr(torch.exp(mid)[:, None] * brightest, noise[:, ref], unit[:, ref]) < scene["snr_target"]
+        too_faint = arc_snr(torch.exp(mid)[:, None] * brightest, noise_ref, unit_ref) < target
         lo, hi = torch.where(too_faint, mid, lo), torch.where(too_faint, hi, mid)
-    amplitude = torch.where(lit, torch.exp(hi), torch.zeros_like(hi))[:, None] * weight  # (N, C)
-    arcs = unit_arcs.double() * amplitude[:, :, None, None]
-    variance = (arcs.clamp(min=0) * unit[:, :, None, None])
+    amplitude[rows] = torch.exp(hi)[:, None] * weight[rows]  # (R, C)
+    arcs = unit_arcs[rows].double() * amplitude[rows, :, None, None]
+    variance = arcs.clamp(min=0) * unit[rows, :, None, None]
     noisy = arcs + variance.sqrt() * torch.randn(arcs.shape, generator=gen, dtype=torch.float64)
-    snr = torch.where(lit, arc_snr(arcs[:, ref], noise[:, ref], unit[:, ref]), torch.full_like(hi, math.nan))
-    return hosts_images.double() + noisy, amplitude, snr
+    snr[rows] = arc_snr(arcs[:, ref], noise_ref, unit_ref)
+    return hosts_images.double().index_add(0, rows, noisy), amplitude, snr
 
 
 def augment(images, flips, shifts):
