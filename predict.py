@@ -12,6 +12,10 @@
     python predict.py --run-dirs runs/convnext_tiny runs/vit_small --test-root test_dataset/ \\
         --out-csv submission.csv --batch-size 512            # --tta 8: all eight flips/rotations
 
+    # lens finding on your survey cutouts: scores, and the 100 best as a catalogue and a grid for graders
+    python predict.py --runs results/lens_resnet18_lsst_s42 --input survey_cutouts/ --output scores.csv \
+        --extra-columns --candidates 100            # scores_candidates.csv, scores_candidates.png
+
     # substructure: id,p_no,p_sphere,p_vort,class for a folder of .npy images (or class folders, HDF5)
     python predict.py --runs results/substructure_resnet18_common_s42 --input images/ --output sub.csv --tta 8
 
@@ -65,6 +69,9 @@ def get_args_parser():
     p.add_argument("--amp", choices=("auto", "bf16", "fp32"), default="auto",
                    help="lens: inference precision (auto: bf16 on GPUs and CPUs with fast bf16, else fp32)")
     p.add_argument("--extra-columns", action="store_true", help="lens: also write logit_std and file")
+    p.add_argument("--candidates", type=int, default=0, metavar="N",
+                   help="lens: also write the N best-scored objects as a ranked catalogue and an inspection grid "
+                        "(<output>_candidates.csv / .png), the way searches hand candidates to graders")
     p.add_argument("--num-workers", type=int, default=0, help="lens: processes reading FITS files")
     p.add_argument("--image-dir", default=None,
                    help="superres: folder of the super-resolved images (default: <output without .csv>_sr)")
@@ -90,6 +97,8 @@ def main(args):
             raise PredictError(f"{path}: a run of task {name!r}; the ensemble's first member is {tasks[0]!r}")
     if tasks[0] not in TASKS:
         raise PredictError(f"{runs[0][2]}: a run of unknown task {tasks[0]!r}")
+    if args.candidates and tasks[0] != "lens":
+        raise PredictError(f"--candidates ranks lens candidates; these are {tasks[0]} runs")
     if (args.event or args.event_folders) and tasks[0] != "microlensing":
         raise PredictError(f"--event / --event-folders group light curves; these are {tasks[0]} runs")
     header, rows, n_skipped = get_task(tasks[0]).predict(runs, args)

@@ -138,6 +138,11 @@ def predict(runs, args):
     """(header, rows, skipped): `id, pred` per object of the inputs (the challenge's format)."""
     arrays, report = images.load_paths(args.input, images.same_bands(runs), args, labelled=False)
     score, spread = ensemble_scores(runs, arrays["images"], args, not args.no_progress)
+    if args.candidates:
+        stem = os.path.splitext(args.output)[0]
+        out = write_candidates(arrays["ids"], score, arrays["files"], arrays["images"], args.candidates,
+                               lambda name: f"{stem}_{name}")
+        print(f"wrote the {out['n']} best-scored objects to {out['csv']} and {out['png']}")
     header = ["id", "pred"] + (["logit_std", "file"] if args.extra_columns else [])
     rows = [[i, f"{s:.6f}"] + ([f"{d:.4f}", f] if args.extra_columns else [])
             for i, s, d, f in zip(arrays["ids"], score, spread, arrays["files"])]

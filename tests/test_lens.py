@@ -205,6 +205,13 @@ def test_seed_commands_train_predict_evaluate(seed_run, roots, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = list(csv.reader(open(out)))
     assert rows[0] == ["id", "pred"] and len(rows) == 33 and all(0 <= float(p) <= 1 for _, p in rows[1:])
+    r = run_script("predict.py", "--runs", str(run_dir), "--input", roots["B"], roots["D"], "--output",
+                   str(tmp_path / "survey.csv"), "--candidates", "4", "--no-progress")  # unlabelled cutouts
+    assert r.returncode == 0, r.stderr
+    ranked = list(csv.DictReader(open(tmp_path / "survey_candidates.csv")))
+    scores = sorted((float(p) for _, p in list(csv.reader(open(tmp_path / "survey.csv")))[1:]), reverse=True)
+    assert [float(c["score"]) for c in ranked] == pytest.approx(scores[:4], abs=2e-6)
+    assert os.path.getsize(tmp_path / "survey_candidates.png") > 1000
     r = run_script("evaluate.py", "--run", str(run_dir), "--candidates", "5", "--no-progress", "--n-bootstrap", "20")
     assert r.returncode == 0, r.stderr
     ev = run_dir / "eval_test"
