@@ -22,6 +22,7 @@ PYTHON_BENCHES = {
     "bench_lens_simulate.py": ["img/s render", "relative L1", "MiB/image", "ray shooting", "wall time"],
     "bench_simulate.py": ["events/s", "speed-up", "adaptive worst"],
     "bench_substructure_realism.py": ["deeplense-common"],
+    "bench_substructure_residuals.py": ["oracle accuracy", "images/s fitted", "undetectable", "public"],
     "bench_train.py": ["samples/s", "process(es)"],
     "gpu_check.py": ["samples/s", "wrote"],
 }
@@ -54,6 +55,9 @@ def python_args(name, tmp_path, tiny_h5):
     if name == "bench_lens_simulate.py":
         return ["--tiny", "--json", str(tmp_path / "figures.json")]
     if name == "bench_substructure_realism.py":
+        write_class_folders(tmp_path / "public", n=2, size=150)
+        return ["--tiny", "--public", str(tmp_path / "public"), "--out", str(tmp_path / "out")]
+    if name == "bench_substructure_residuals.py":
         write_class_folders(tmp_path / "public", n=2, size=150)
         return ["--tiny", "--public", str(tmp_path / "public"), "--out", str(tmp_path / "out")]
     if name == "bench_train.py":

@@ -1,0 +1,183 @@
+"""The substructure signal, measured with physics: what a smooth lens (SIE + shear + Sersic
+source) leaves in each image, public DeepLense samples against each simulator configuration.
+
+    python bench/bench_substructure_residuals.py --n 100 --out outputs/bench_substructure_residuals  # ~15 min, 2 cores
+    python bench/bench_substructure_residuals.py --tiny --out /tmp/residuals   # a smoke run (the tests run it)
+
+For the 9 public samples (../shared/samples/deeplense_substructure) and --n images per class of
+deeplense-model1 and deeplense-common (seeded, in memory), `physics.strong.fit.fit_smooth` fits
+each image and `residual_stats` measures the residuals in units of the noise (a noise model
+measured from the image itself, not from the fit). Prints and writes (residuals.json,
+residuals.png):
+- per source and class: chi^2 per degree of freedom, the residual power above the noise on the
+  ring (mean r^2 - 1) and in annuli of r / theta_E (where on the ring it sits), the largest
+  smoothed residual in sigma, and the share of images whose ring residual is not significant
+  (`undetectable`: no network can classify those by their substructure);
+- the physics ceiling of each configuration: the accuracy of an oracle on the residual
+  statistics (a logistic regression on them, 5-fold cross-validated, chance 1/3);
+- the fit speed (images/s on this machine) and its accuracy on the no-substructure images
+  (true against fitted theta_E, shear).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from bench_substructure_realism import PUBLIC_DEFAULT, load_public  # noqa: E402
+from physics.strong import fit, render, scenes  # noqa: E402
+
+CLASSES = ("no", "sphere", "vort")
+CONFIG_NAMES = ("deeplense-model1", "deeplense-common")
+SHOWN = ("chi2_dof", "ring_excess", "ring_power_0_0.6", "ring_power_0.6_0.85", "ring_power_0.85_1.15",
+         "ring_power_1.15_1.5", "ring_power_1.5_10", "max_residual_sigma")
+FEATURES = SHOWN + ("max_residual_radius",)  # what the oracle sees
+
+
+def simulate(config, n_per_class, seed, batch=64):
+    """(images (3 n, 150, 150) float64, labels (3 n,), true params {name: (3 n,)}) as simulate.py writes them."""
+    cfg = scenes.CONFIGS[config]
+    labels = torch.arange(3 * n_per_class) % 3
+    renderer = render.Renderer(cfg)
+    gen, noise_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    images, truth = [], {k: [] for k in ("theta_e", "gamma1", "gamma2", "lens_e1", "lens_e2")}
+    for start in range(0, len(labels), batch):
+        scene, params = scenes.sample(cfg, labels[start:start + batch], gen)
+        images.append(renderer.render(scene, params, noise_gen)["images"][:, 0].double().numpy())
+        for k in truth:
+            truth[k].append(params[k].numpy())
+    return np.concatenate(images), labels.numpy(), {k: np.concatenate(v) for k, v in truth.items()}
+
+
+def measure(images, batch):
+    """(stats {name: (N,)}, fits' params {name: (N,)}, seconds, examples (image, model, residual) of the first 3)."""
+    stats, params, start = {}, {}, time.perf_counter()
+    examples = None
+    for i in range(0, len(images), batch):
+        result = fit.fit_smooth(torch.from_numpy(images[i:i + batch]), 0.05, 0.087)
+        for k, v in fit.residual_stats(result, 0.05).items():
+            stats.setdefault(k, []).append(v.double().numpy())
+        for k, v in result["params"].items():
+            params.setdefault(k, []).append(v.numpy())
+        if examples is None:
+            r = (result["image"] - result["model"]) / result["sigma"]
+            examples = [(result["image"][j].numpy(), result["model"][j].numpy(), r[j].numpy())
+                        for j in range(min(3, len(r)))]
+    seconds = time.perf_counter() - start
+    return ({k: np.concatenate(v) for k, v in stats.items()}, {k: np.concatenate(v) for k, v in params.items()},
+            seconds, examples)
+
+
+def table(stats, labels):
+    """{class: {statistic: [mean, std]}, plus undetectable share and n}."""
+    out = {}
+    for c, name in enumerate(CLASSES):
+        sel = labels == c
+        if not sel.any():
+            continue
+        row = {k: [float(np.mean(stats[k][sel])), float(np.std(stats[k][sel]))] for k in SHOWN}
+        row["undetectable"] = float(1 - np.mean(stats["detectable"][sel]))
+        row["n"] = int(sel.sum())
+        out[name] = row
+    return out
+
+
+def oracle_accuracy(stats, labels, seed=0):
+    """5-fold cross-validated accuracy of a logistic regression on the residual statistics."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    x = np.stack([stats[k] for k in FEATURES], 1)
+    folds = min(5, int(np.bincount(labels).min()))
+    if folds < 2:
+        return float("nan")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(cross_val_score(model, x, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean())
+
+
+def print_table(source, rows):
+    print(f"\n{source}")
+    print(f"{'class':8s} {'n':>4s} " + " ".join(f"{k[:18]:>18s}" for k in SHOWN) + f" {'undetectable':>12s}")
+    for name, row in rows.items():
+        print(f"{name:8s} {row['n']:4d} " + " ".join(f"{row[k][0]:8.3f}+-{row[k][1]:<8.3f}" for k in SHOWN)
+              + f" {row['undetectable']:12.2f}")
+
+
+def figure(path, examples):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [(source, i, ex) for source, exs in examples.items() for i, ex in enumerate(exs)]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows)), squeeze=False)
+    for ax_row, (source, i, (image, model, residual)) in zip(axes, rows):
+        for ax, panel, title in zip(ax_row, (image, model, residual), ("image", "smooth fit", "residual / sigma")):
+            kw = dict(cmap="RdBu_r", vmin=-5, vmax=5) if title.startswith("residual") else dict(cmap="magma")
+            ax.imshow(panel, origin="lower", **kw)
+            ax.set_title(f"{source} #{i}: {title}", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100, help="simulated images per class and configuration")
+    p.add_argument("--public", default=PUBLIC_DEFAULT, help="folder with no/ sphere/ vort/ .npy samples")
+    p.add_argument("--out", default="outputs/bench_substructure_residuals")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="2 images per class, a short fit (a smoke run)")
+    return p
+
+
+def main(args):
+    if args.tiny:
+        args.n = 2
+        fit.STEPS, fit.STARTS = (10, 10), fit.STARTS[:2]
+    os.makedirs(args.out, exist_ok=True)
+    results, examples = {}, {}
+    sources = []
+    if os.path.isdir(args.public):
+        images, ids = load_public(args.public)
+        labels = np.array([CLASSES.index(i.split("/")[-2]) for i in ids])
+        sources.append(("public", images, labels, None, ids))
+    for config in CONFIG_NAMES:
+        images, labels, truth = simulate(config, args.n, args.seed)
+        sources.append((config, images, labels, truth, None))
+    for name, images, labels, truth, ids in sources:
+        stats, params, seconds, examples[name] = measure(images, args.batch)
+        entry = dict(table=table(stats, labels), images_per_s=len(images) / seconds, n=len(images))
+        if name != "public":
+            entry["oracle_accuracy"] = oracle_accuracy(stats, labels, args.seed)
+            no = labels == 0
+            entry["fit_error_no_substructure"] = {
+                k: float(np.median(np.abs(params[k][no] - truth[k][no]))) for k in ("theta_e", "gamma1", "gamma2")}
+        else:
+            entry["per_image"] = {i: {k: float(stats[k][j]) for k in FEATURES + ("detectable",)}
+                                  for j, i in enumerate(ids)}
+        results[name] = entry
+        print_table(f"{name}: {len(images)} images, {entry['images_per_s']:.2f} images/s fitted"
+                    + (f"; oracle accuracy on the residuals {entry['oracle_accuracy']:.3f} (chance 0.333); "
+                       f"median |fit - true| on no-substructure images: "
+                       + ", ".join(f"{k} {v:.4f}" for k, v in entry["fit_error_no_substructure"].items())
+                       if name != "public" else ""), entry["table"])
+    with open(os.path.join(args.out, "residuals.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    figure(os.path.join(args.out, "residuals.png"), examples)
+    print(f"\nwrote {os.path.join(args.out, 'residuals.json')} and residuals.png")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
