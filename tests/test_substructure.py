@@ -209,6 +209,16 @@ def test_train_evaluate_predict_compare(runs, tmp_path):
     # predictions of the test images agree with evaluate's
     preds = list(csv.DictReader(open(run["resnet18"] / "eval_test" / "predictions.csv")))
     assert len(preds) == 9
+    # --residuals: every test image's smooth-lens fit, accuracy with and without a residual above the noise
+    r = run_script("evaluate.py", "--run", str(run["resnet18"]), "--tta", "1", "--n-bootstrap", "10", "--no-progress",
+                   "--residuals", "--out-dir", str(tmp_path / "res"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "without a residual above the noise" in r.stdout
+    rows = list(csv.DictReader(open(tmp_path / "res" / "residuals.csv")))
+    assert [row["id"] for row in rows] == [p["id"] for p in preds]
+    assert all(float(row["chi2_dof"]) > 0.5 and row["detectable"] in ("0", "1") for row in rows)
+    report = json.load(open(tmp_path / "res" / "evaluation_summary.json"))["residuals"]
+    assert set(report) == {"csv", "no", "sphere", "vort"} and 0 <= report["no"]["undetectable"] <= 1
     # predict.py on the simulated class folders (the ensemble of both runs) and on an unlabelled folder
     out = tmp_path / "p.csv"
     r = run_script("predict.py", "--runs", str(run["resnet18"]), str(run["mobilenetv3_small_100"]), "--input",

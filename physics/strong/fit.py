@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -246,3 +247,16 @@ def residual_stats(fit, pixel_scale):
 
 def psf_sigma_px(psf_fwhm, pixel_scale):
     return psf_fwhm / pixel_scale / FWHM_PER_SIGMA
+
+
+def measure_images(images, pixel_scale, psf_fwhm, batch=32, progress=False):
+    """`residual_stats` of every image (N, H, W) (numpy or tensor), fitted in batches: {name: (N,) numpy}."""
+    from tqdm import tqdm
+    images = torch.as_tensor(images)
+    out = {}
+    for start in tqdm(range(0, len(images), batch), desc="smooth-lens fits", unit="batch", disable=not progress,
+                      leave=False):
+        result = fit_smooth(images[start:start + batch], pixel_scale, psf_fwhm)
+        for key, value in residual_stats(result, pixel_scale).items():
+            out.setdefault(key, []).append(value.double().numpy())
+    return {key: np.concatenate(value) for key, value in out.items()}
