@@ -37,7 +37,7 @@ from bench_substructure_realism import PUBLIC_DEFAULT, load_public  # noqa: E402
 from physics.strong import fit, render, scenes  # noqa: E402
 
 CLASSES = ("no", "sphere", "vort")
-CONFIG_NAMES = ("deeplense-model1", "deeplense-common")
+CONFIG_NAMES = ("deeplense-model1", "deeplense-common", "deeplense-broad")
 SHOWN = ("chi2_dof", "ring_excess", "ring_power_0_0.6", "ring_power_0.6_0.85", "ring_power_0.85_1.15",
          "ring_power_1.15_1.5", "ring_power_1.5_10", "max_residual_sigma")
 FEATURES = SHOWN + ("max_residual_radius",)  # what the oracle sees

@@ -206,6 +206,40 @@ def test_common_classes_share_lens_and_source_distributions():
     assert np.all(params["n_subhalos"].numpy()[labels == 1] == 25) and np.all(params["n_subhalos"].numpy()[labels != 1] == 0)
 
 
+def test_broad_draws_within_its_ranges_and_classes_share_them():
+    """deeplense-broad: every drawn parameter within its documented range (and beyond Model I's and
+    deeplense-common's fixed values); the class changes the substructure only (same seed, any
+    labels: the same lens, source, PSF and counts; KS across classes)."""
+    import torch
+    from physics.strong import scenes
+    from physics.strong import substructure as sub
+    cfg = scenes.CONFIGS["deeplense-broad"]
+    labels = torch.arange(900) % 3
+    _, params = scenes.sample(cfg, labels, torch.Generator().manual_seed(5))
+    _, params_no = scenes.sample(cfg, torch.zeros_like(labels), torch.Generator().manual_seed(5))
+    p = {k: v.numpy() for k, v in params.items()}
+    shared = ("theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1",
+              "src_e2", "psf_fwhm", "peak_counts", "sky_counts")
+    for key in shared:
+        np.testing.assert_array_equal(p[key], params_no[key].numpy(), err_msg=key)
+        for c in range(3):
+            assert stats.ks_2samp(p[key][labels == c], p[key][labels != c]).pvalue > 0.001, (key, c)
+    for key, (lo, hi) in (("theta_e", sub.BROAD_THETA_E), ("src_r_e", sub.BROAD_SRC_R_E), ("src_n", sub.BROAD_SRC_N),
+                          ("psf_fwhm", sub.BROAD_PSF_FWHM), ("peak_counts", sub.BROAD_PEAK_COUNTS),
+                          ("sky_counts", sub.BROAD_SKY_COUNTS)):
+        assert lo <= p[key].min() and p[key].max() <= hi, key
+        assert p[key].min() < lo + 0.1 * (hi - lo) and p[key].max() > hi - 0.1 * (hi - lo), key  # spans it
+    shear = np.hypot(p["gamma1"], p["gamma2"])
+    assert shear.max() <= sub.BROAD_SHEAR[1] + 1e-12 and (p["gamma2"] < -0.03).any()  # any direction
+    assert (np.abs(p["src_x"]) <= sub.BROAD_SRC_BOX).all()
+    sphere, vort = labels.numpy() == 1, labels.numpy() == 2
+    n_sub = p["n_subhalos"][sphere]
+    assert n_sub.min() == sub.BROAD_N_SUBHALOS[0] and n_sub.max() == sub.BROAD_N_SUBHALOS[1]
+    assert (np.isfinite(p["subhalo_masses"][sphere]).sum(1) == n_sub).all() and (p["n_subhalos"][~sphere] == 0).all()
+    masses = p["vortex_mass"][vort]
+    assert sub.BROAD_VORTEX_MASS[0] <= masses.min() and masses.max() <= sub.BROAD_VORTEX_MASS[1]
+
+
 def test_superres_pairs_show_the_same_scene(tmp_path, script):
     sim(script, "--task", "superres", "--n", "3", "--format", "npy", "--output", str(tmp_path / "sr"))
     hr_names, lr_names = (sorted(os.listdir(tmp_path / "sr" / d)) for d in ("HR", "LR"))

@@ -14,6 +14,10 @@ Configurations:
 - `deeplense-common`: the same classes, lens and source distributions fitted to the public
   DeepLense Common Test I samples (flatter rings, all along x, a larger source, Poisson counts;
   each choice and its measurement in `substructure`); simulate.py's default for substructure.
+- `deeplense-broad`: randomised (issue 26): lens, source, PSF, Poisson counts and substructure
+  (number of subhalos, their mass function's slope, the vortex mass) drawn per image over ranges
+  that span deeplense-model1, deeplense-common and beyond (`substructure.BROAD_*`), so a model
+  trained on it cannot lean on one generator's choices.
 - `lsst`: grizy 41x41 at 0.2", seeing 0.6-0.9" (Moffat), 30-100% of LSST's 10-year depth, lens
   galaxies with their own light and arcs resolved beyond the seeing; non-lenses include rings,
   spirals, mergers and close pairs; both classes get stars, blends, faint deflectors and masked
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from physics.strong.substructure import sample_common, sample_model1
+from physics.strong.substructure import sample_broad, sample_common, sample_model1
 from physics.strong.survey import sample_survey
 
 
@@ -69,6 +73,10 @@ CONFIGS = {c.name: c for c in [
                 "gaussian", (0.087, 0.087), "minmax", "float64", ("no", "sphere", "vort"),
                 "like the public DeepLense Common Test I set (flatter rings, one orientation, Poisson counts): "
                 "150x150 at 0.05\", no / sphere / vort, min-max scaled float64"),
+    ImageConfig("deeplense-broad", "substructure", ("no", "sphere", "vort"), ("vis",), 150, 0.05, 1,
+                "gaussian", (0.06, 0.15), "minmax", "float64", ("no", "sphere", "vort"),
+                "randomised: lens, source, PSF, counts and substructure spanning deeplense-model1, deeplense-common "
+                "and beyond (issue 26), 150x150 at 0.05\", min-max scaled float64"),
     ImageConfig("lsst", "lens", ("nonlens", "lens"), ("g", "r", "i", "z", "y"), 41, 0.2, 3,
                 "moffat", (0.6, 0.9), "flux", "float32", ("nonlenses", "lenses"),
                 "LSST-like grizy 41x41 at 0.2\", flux at zero point 27", depth=(0.3, 1.0)),
@@ -83,6 +91,7 @@ CONFIGS = {c.name: c for c in [
 
 
 SAMPLERS = {"deeplense-model1": sample_model1, "superres": sample_model1, "deeplense-common": sample_common,
+            "deeplense-broad": sample_broad,
             "lsst": sample_survey, "lens-finding-64": sample_survey}
 
 

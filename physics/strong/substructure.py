@@ -24,44 +24,64 @@ SUBHALO_RADIUS = (0.25, 2.0)   # arcsec
 VORTEX_MASS = 3e10             # solar masses in total
 AXION_MASS = (1e-24, 1e-22)    # eV, log-uniform
 Z_LENS, Z_SOURCE = 0.5, 1.0
+# deeplense-broad's substructure, drawn per image: around Model I's (25 subhalos, slope -0.9, 3e10
+# in a vortex) by factors of 2-3 either way
+BROAD_N_SUBHALOS = (10, 50)          # subhalos, uniform integer
+BROAD_SUBHALO_SLOPE = (-1.9, -0.9)   # p(m) ~ m^slope (CDM's -1.9 to Model I's -0.9), uniform
+BROAD_VORTEX_MASS = (1e10, 1e11)     # solar masses, log-uniform
 
 
-def draw_substructure(labels, gen):
+def draw_substructure(labels, gen, broad=False):
     """Point masses of the classes: sphere = N_SUBHALOS subhalos (p(m) ~ m^-0.9, radius uniform
     in SUBHALO_RADIUS, angle uniform), vort = VORTEX_MASS in N_VORTEX equal point masses on a
-    line through the centre at a random angle, half-length 0.03" (1e-22 eV / m_axion). Returns
+    line through the centre at a random angle, half-length 0.03" (1e-22 eV / m_axion). `broad`
+    (deeplense-broad) draws the number of subhalos (BROAD_N_SUBHALOS), their mass function's
+    slope (BROAD_SUBHALO_SLOPE) and the vortex mass (BROAD_VORTEX_MASS) per image instead. Returns
     the scene's pm_theta_e, pm_x, pm_y (n, N_VORTEX) (theta_e 0 = an empty slot) and the
     substructure columns of the parameter table (NaN where a class has no such quantity)."""
     n = len(labels)
-    mass = power_law(gen, (n, N_SUBHALOS), *SUBHALO_MASS, -0.9)
-    radius = uniform(gen, (n, N_SUBHALOS), *SUBHALO_RADIUS)
-    angle = uniform(gen, (n, N_SUBHALOS), 0, 2 * math.pi)
+    slots = BROAD_N_SUBHALOS[1] if broad else N_SUBHALOS
+    if broad:
+        slope = uniform(gen, n, *BROAD_SUBHALO_SLOPE)
+        u = torch.rand((n, slots), generator=gen, dtype=torch.float64)
+        a = (slope + 1)[:, None]
+        mass = (SUBHALO_MASS[0] ** a + u * (SUBHALO_MASS[1] ** a - SUBHALO_MASS[0] ** a)) ** (1 / a)
+        n_sub = torch.randint(BROAD_N_SUBHALOS[0], BROAD_N_SUBHALOS[1] + 1, (n,), generator=gen)
+        vortex_mass = log_uniform(gen, n, *BROAD_VORTEX_MASS)
+    else:
+        mass = power_law(gen, (n, slots), *SUBHALO_MASS, -0.9)
+        n_sub = torch.full((n,), N_SUBHALOS)
+        vortex_mass = torch.full((n,), VORTEX_MASS, dtype=torch.float64)
+    radius = uniform(gen, (n, slots), *SUBHALO_RADIUS)
+    angle = uniform(gen, (n, slots), 0, 2 * math.pi)
     m_axion = log_uniform(gen, n, *AXION_MASS)
     half_length = 0.03 * (1e-22 / m_axion)
     vortex_angle = uniform(gen, n, 0, math.pi)
     sphere, vort = labels == 1, labels == 2
+    used = torch.arange(slots)[None, :] < n_sub[:, None]  # (n, slots): the subhalos an image has
+    mass = torch.where(used, mass, torch.zeros_like(mass))
 
     pm_theta = torch.zeros(n, N_VORTEX, dtype=torch.float64)
     pm_x, pm_y = torch.zeros_like(pm_theta), torch.zeros_like(pm_theta)
-    pm_theta[sphere, :N_SUBHALOS] = point_mass_einstein_radius(mass[sphere], Z_LENS, Z_SOURCE)
-    pm_x[sphere, :N_SUBHALOS] = (radius * torch.cos(angle))[sphere]
-    pm_y[sphere, :N_SUBHALOS] = (radius * torch.sin(angle))[sphere]
+    pm_theta[sphere, :slots] = point_mass_einstein_radius(mass[sphere], Z_LENS, Z_SOURCE)
+    pm_x[sphere, :slots] = (radius * torch.cos(angle) * used)[sphere]
+    pm_y[sphere, :slots] = (radius * torch.sin(angle) * used)[sphere]
     t = torch.linspace(-1, 1, N_VORTEX, dtype=torch.float64)
-    pm_theta[vort] = point_mass_einstein_radius(VORTEX_MASS / N_VORTEX, Z_LENS, Z_SOURCE)
+    pm_theta[vort] = point_mass_einstein_radius(vortex_mass[vort, None] / N_VORTEX, Z_LENS, Z_SOURCE)
     pm_x[vort] = (half_length[:, None] * t * torch.cos(vortex_angle)[:, None])[vort]
     pm_y[vort] = (half_length[:, None] * t * torch.sin(vortex_angle)[:, None])[vort]
 
     nan = torch.full((n,), math.nan, dtype=torch.float64)
     sub_mass = torch.where(sphere[:, None], mass, torch.zeros_like(mass))
     columns = dict(
-        n_subhalos=torch.where(sphere, N_SUBHALOS, 0).to(torch.float64),
+        n_subhalos=torch.where(sphere, n_sub, 0).to(torch.float64),
         subhalo_mass_total=sub_mass.sum(1),
         subhalo_mass_max=sub_mass.max(1).values,
-        subhalo_masses=torch.where(sphere[:, None], mass, nan[:, None]),
-        subhalo_x=torch.where(sphere[:, None], pm_x[:, :N_SUBHALOS], nan[:, None]),
-        subhalo_y=torch.where(sphere[:, None], pm_y[:, :N_SUBHALOS], nan[:, None]),
+        subhalo_masses=torch.where(sphere[:, None] & used, mass, nan[:, None]),
+        subhalo_x=torch.where(sphere[:, None] & used, pm_x[:, :slots], nan[:, None]),
+        subhalo_y=torch.where(sphere[:, None] & used, pm_y[:, :slots], nan[:, None]),
         m_axion_ev=torch.where(vort, m_axion, nan),
-        vortex_mass=torch.where(vort, VORTEX_MASS, 0.0).to(torch.float64),
+        vortex_mass=torch.where(vort, vortex_mass, 0.0),
         vortex_half_length=torch.where(vort, half_length, nan),
         vortex_angle=torch.where(vort, vortex_angle, nan),
     )
@@ -171,6 +191,45 @@ def sample_common(cfg, labels, gen):
                 core=zeros.clone(), gamma1=gamma1, gamma2=zeros.clone())
     source = dict(src_r_e=src_r_e, src_n=src_n, src_e1=src_e1, src_e2=src_e2, src_x=src_x, src_y=src_y)
     # peak_snr as in Model I (source peak over the background sigma), then this config's own columns
+    extra = dict(peak_snr=peak_counts / sky_counts.sqrt(), psf_fwhm=psf_fwhm, peak_counts=peak_counts,
+                 sky_counts=sky_counts)
+    return _scene_and_params(lens, source, point_masses, columns, extra)
+
+
+# --------------------------------------------------------------------------- deeplense-broad
+# Randomised (issue 26): every lens, source, PSF, noise and substructure parameter spans Model I,
+# deeplense-common and beyond, so that a model trained on it cannot lean on one generator's
+# choices. Each range names what it covers (M: Model I, C: deeplense-common).
+BROAD_THETA_E = (1.0, 1.8)           # arcsec, uniform (M 1.2-1.6, C 1.15-1.4)
+BROAD_LENS_Q = (0.5, 1.0)            # SIE axis ratio at a uniform angle (M q 0.82 at 0 deg, C 0.5-0.9 at 90 deg)
+BROAD_SHEAR = (0.0, 0.12)            # |gamma| at a uniform angle (M 0.05 along x, C 0.04-0.1 along x)
+BROAD_SRC_R_E = (0.15, 0.7)          # arcsec, log-uniform (M 0.25, C 0.45-0.55)
+BROAD_SRC_N = (0.5, 2.5)             # Sersic index, uniform (M 1, C 0.8-1.5)
+BROAD_SRC_Q = (0.6, 1.0)             # axis ratio at a uniform angle (M 0.82, C 0.7-1)
+BROAD_SRC_BOX = 0.5                  # arcsec: centre uniform in +-this in x and y (M 0.35, C 0.45)
+BROAD_PSF_FWHM = (0.06, 0.15)        # arcsec, Gaussian, uniform (M and C 0.087)
+BROAD_PEAK_COUNTS = (300.0, 3000.0)  # counts in the brightest lensed pixel, log-uniform (C 700-870)
+BROAD_SKY_COUNTS = (3.0, 50.0)       # counts per pixel, log-uniform (C 10); peak / sqrt(sky) 42-1700 (M 240-330)
+
+
+def sample_broad(cfg, labels, gen):
+    """deeplense-broad: the BROAD_* ranges above, every class alike but for its substructure
+    (`draw_substructure(broad=True)`); Poisson counts as deeplense-common, min-max scaled."""
+    n = len(labels)
+    zeros = torch.zeros(n, dtype=torch.float64)
+    theta_e = uniform(gen, n, *BROAD_THETA_E)
+    lens_e1, lens_e2 = q_phi_to_ellipticity(uniform(gen, n, *BROAD_LENS_Q), uniform(gen, n, 0, math.pi))
+    shear, shear_angle = uniform(gen, n, *BROAD_SHEAR), uniform(gen, n, 0, math.pi)
+    src_e1, src_e2 = q_phi_to_ellipticity(uniform(gen, n, *BROAD_SRC_Q), uniform(gen, n, 0, math.pi))
+    src_x, src_y = uniform(gen, n, -BROAD_SRC_BOX, BROAD_SRC_BOX), uniform(gen, n, -BROAD_SRC_BOX, BROAD_SRC_BOX)
+    src_r_e, src_n = log_uniform(gen, n, *BROAD_SRC_R_E), uniform(gen, n, *BROAD_SRC_N)
+    psf_fwhm = uniform(gen, n, *cfg.psf_fwhm)
+    peak_counts = log_uniform(gen, n, *BROAD_PEAK_COUNTS)
+    sky_counts = log_uniform(gen, n, *BROAD_SKY_COUNTS)
+    point_masses, columns = draw_substructure(labels, gen, broad=True)
+    lens = dict(theta_e=theta_e, lens_e1=lens_e1, lens_e2=lens_e2, lens_x=zeros.clone(), lens_y=zeros.clone(),
+                core=zeros.clone(), gamma1=shear * torch.cos(2 * shear_angle), gamma2=shear * torch.sin(2 * shear_angle))
+    source = dict(src_r_e=src_r_e, src_n=src_n, src_e1=src_e1, src_e2=src_e2, src_x=src_x, src_y=src_y)
     extra = dict(peak_snr=peak_counts / sky_counts.sqrt(), psf_fwhm=psf_fwhm, peak_counts=peak_counts,
                  sky_counts=sky_counts)
     return _scene_and_params(lens, source, point_masses, columns, extra)
