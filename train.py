@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from data.cache import CacheBuildError
-from engine import distributed
+from engine import adaptation, distributed
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.cli import OneLineErrorParser
 from engine.trainer import (NonFiniteLossError, StopRequest, Timer, amp_settings, evaluate, param_groups,
@@ -106,6 +106,7 @@ def get_args_parser():
     g.add_argument("--no-progress", action="store_true")
     for name in TASKS:
         get_task(name).add_train_args(p)
+    adaptation.add_train_args(p)  # lens and substructure
     return p
 
 
@@ -123,6 +124,7 @@ def check_args(args, task):
     if not 0 < args.val_fraction < 1 or not 0 <= args.test_fraction < 1 or args.val_fraction + args.test_fraction >= 1:
         raise TrainError("--val-fraction and --test-fraction must be in (0, 1) and sum to < 1")
     task.check_train_args(args)
+    adaptation.check_args(args)
 
 
 def run_directory(args, task):
@@ -224,8 +226,13 @@ def main(args):
 
     # model, loss, optimiser, schedule, AMP
     model, model_name, kwargs = task.build_model(args, data, stats)
+    criterion = task.make_criterion(data, split, args)
+    target = None
+    if getattr(args, "adapt_data", None):  # domain-adversarial: the target images join every training batch
+        model, model_name, kwargs, train_fetch, criterion, target = adaptation.wrap(
+            args, data, split, info, kwargs, train_fetch, criterion, stats, info.device)
     model = model.to(info.device)
-    criterion = task.make_criterion(data, split, args).to(info.device)
+    criterion = criterion.to(info.device)
     # parameter groups: the task's (e.g. layer-wise LR decay, a frozen encoder) or weight decay on weights only
     groups = task.param_groups(model, args) if hasattr(task, "param_groups") else param_groups(model, args)
     optimizer = torch.optim.AdamW(groups, lr=args.lr)
@@ -309,6 +316,8 @@ def main(args):
                 print(f"train.py: {stop.name} at epoch {epoch + 1}, batch {done}/{len(batches)}: saved "
                       f"{run_dir}/last.pt; relaunch the same command to resume", flush=True)
             data.remove()
+            if target is not None:
+                target.remove()
             distributed.cleanup(info)
             return 128 + stop.signum
         train_seconds = timer()
@@ -352,6 +361,8 @@ def main(args):
     if info.is_main:
         print(f"done: best {select.replace('_', ' ')} {best:.4f}; checkpoints in {run_dir}", flush=True)
     data.remove()
+    if target is not None:
+        target.remove()
     distributed.cleanup(info)
     return 0
 

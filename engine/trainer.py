@@ -199,6 +199,9 @@ def _counts(loss, out, y, n, n_classes, terms=None, names=()):
     correct, per_class = 0.0, torch.zeros(0, dtype=torch.float64)
     if n_classes:
         y, pred = labels_of(y), out["log_probs"].argmax(-1)
+        labelled = y >= 0  # rows labelled -1 (domain-adaptation targets) count in no metric
+        if not bool(labelled.all()):
+            y, pred, n = y[labelled], pred[labelled], int(labelled.sum())
         correct = float((pred == y).sum())
         per_class = torch.cat([torch.bincount(y[pred == y], minlength=n_classes).double().cpu(),
                                torch.bincount(y, minlength=n_classes).double().cpu()])

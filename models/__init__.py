@@ -51,4 +51,5 @@ def _get(name):
 
 
 def _import_all():
-    from models import cnn_gru, lens_pinn, mae, patch_transformer, superres, timm_classifier  # noqa: F401  (registration side effect)
+    from models import (cnn_gru, domain_adversarial, lens_pinn, mae, patch_transformer, superres,  # noqa: F401
+                        timm_classifier)  # (registration side effect)

@@ -28,7 +28,7 @@ COMPARE_METRIC = "auc"  # evaluate.py --compare plots it against training time
 DEFAULTS = dict(epochs=20, batch_size=128, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
                 val_fraction=0.2, test_fraction=0.1, dropout=0.0)
 IDENTITY_KEYS = ("task", "model", "input_size", "norm", "bands", "data_key", "seed", "val_fraction", "test_fraction",
-                 "init_from", "linear_probe", "label_fraction")
+                 "init_from", "linear_probe", "label_fraction", "adapt_data")
 
 
 # --------------------------------------------------------------------------- train.py

@@ -35,7 +35,8 @@ COMPARE_METRIC = "macro_auc"  # evaluate.py --compare plots it against training 
 DEFAULTS = dict(epochs=20, batch_size=64, lr=1e-4, weight_decay=1e-2, warmup_epochs=1.0,
                 val_fraction=0.2, test_fraction=0.1, dropout=0.0)
 IDENTITY_KEYS = ("task", "model", "input_size", "norm", "data_key", "seed", "val_fraction", "test_fraction",
-                 "pinn_encoder", "pinn_classifier", "residual_field", "init_from", "linear_probe", "label_fraction")
+                 "pinn_encoder", "pinn_classifier", "residual_field", "init_from", "linear_probe", "label_fraction",
+                 "adapt_data")
 PINN = "lens_pinn"
 PIXEL_SCALE = 0.05  # arcsec per pixel of the DeepLense / Model I images
 # the simulator's params columns of the PINN's smooth lens (models/lens_pinn.LENS_PARAM_NAMES)
