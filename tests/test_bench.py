@@ -27,7 +27,8 @@ PYTHON_BENCHES = {
     "gpu_check.py": ["samples/s", "wrote"],
 }
 SHELL_BENCHES = ("bench_lens_quality.sh", "bench_mae_quality.sh", "bench_microlensing_quality.sh",
-                 "bench_substructure_quality.sh", "bench_superres_quality.sh", "gpu_check.sh")
+                 "bench_substructure_quality.sh", "bench_substructure_transfer.sh", "bench_superres_quality.sh",
+                 "gpu_check.sh")
 MODULES = ("__init__.py", "lenstronomy_scenes.py")  # imported by the scripts, not run
 
 
@@ -90,7 +91,7 @@ def test_quality_script_tiny(name, tmp_path, venv, photometry_dir):
     """The benchmark-scale recipes end to end on tiny data (TINY=1), through the same commands."""
     samples = {"bench_lens_quality.sh": fake_lens_samples(tmp_path / "lens_samples"),
                "bench_microlensing_quality.sh": photometry_dir}
-    if name == "bench_substructure_quality.sh":
+    if name in ("bench_substructure_quality.sh", "bench_substructure_transfer.sh"):
         write_class_folders(tmp_path / "sub_samples", n=2, size=150)
         samples[name] = str(tmp_path / "sub_samples")
     env = dict(os.environ, TINY="1", OUT=str(tmp_path / "out"), PY=os.path.join(venv, "bin", "python"),

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Substructure across generators (issue 26): train on one simulator configuration, test on another,
+# source-only, randomised (deeplense-broad) and adapted (train.py --adapt-data), ~60 min on 2 CPU cores:
+#   bash bench/bench_substructure_transfer.sh          # OUT=outputs/substructure_transfer N=1000 per class
+#   TINY=1 OUT=/tmp/st bash bench/bench_substructure_transfer.sh   # every step on 6 images per class, 1 epoch
+# 1. simulate deeplense-model1, deeplense-common and deeplense-broad (training sets), and for model1 and
+#    common an unlabelled adaptation pool and a labelled test set (other seeds: the test images are
+#    never adaptation targets);
+# 2. ResNet18 (6 epochs, batch 32, AdamW lr 1e-3, D4, best checkpoint by the source's own validation
+#    macro AUC) on model1, on common, on broad, on model1 adapted to common's pool, on common adapted
+#    to model1's pool, and on common adapted to the public samples (../shared/samples/
+#    deeplense_substructure, 9 images: tiny, said so);
+# 3. each run evaluated on the other configuration's test set; one table (evaluate.py --compare of
+#    the evaluation folders); the public samples predicted by the source-only, randomised and
+#    adapted runs, side by side with their smooth-lens residuals (evaluate.py --residuals).
+# Settings fixed before any run; nothing is tuned on a test set or on the public samples' labels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+if [[ ${TINY:-0} == 1 ]]; then
+    : "${N:=6}" "${NT:=6}" "${EPOCHS:=1}" "${WORKERS:=1}" "${TTA:=1}"
+fi
+WORKERS=${WORKERS:-2}
+TTA=${TTA:-8}
+OUT=${OUT:-outputs/substructure_transfer}
+N=${N:-1000}     # training images per class
+NT=${NT:-300}    # adaptation-pool and test images per class
+EPOCHS=${EPOCHS:-6}
+SAMPLES=${SAMPLES:-../shared/samples/deeplense_substructure}
+COMMON=(--task substructure --model resnet18 --epochs "$EPOCHS" --batch-size 32 --lr 1e-3 --output "$OUT/results"
+        --no-progress)
+mkdir -p "$OUT"
+sim() {  # config, images per class, seed, folder
+    [[ -d $OUT/$4/no ]] || $PY simulate.py --task substructure --config "$1" --n-per-class "$2" --format npy \
+        --num-workers "$WORKERS" --seed "$3" --no-progress --output "$OUT/$4"
+}
+sim deeplense-model1 "$N" 21 model1
+sim deeplense-common "$N" 22 common
+sim deeplense-broad "$N" 23 broad
+sim deeplense-model1 "$NT" 31 model1_pool
+sim deeplense-common "$NT" 32 common_pool
+sim deeplense-model1 "$NT" 41 model1_test
+sim deeplense-common "$NT" 42 common_test
+train() {  # name, args...
+    local name=$1; shift
+    [[ -f $OUT/results/$name/best.pt && ! -f $OUT/results/$name/last.pt.tmp ]] && grep -q '"epoch": '"$EPOCHS" \
+        "$OUT/results/$name/metrics.jsonl" 2>/dev/null || $PY train.py "${COMMON[@]}" --experiment-name "$name" "$@"
+}
+train m1_source --data "$OUT/model1"
+train common_source --data "$OUT/common"
+train broad --data "$OUT/broad"
+train m1_adapt_common --data "$OUT/model1" --adapt-data "$OUT/common_pool"
+train common_adapt_m1 --data "$OUT/common" --adapt-data "$OUT/model1_pool"
+evals=()
+evaluate() {  # run, test set
+    $PY evaluate.py --run "$OUT/results/$1" --data "$OUT/$2" --tta "$TTA" --no-progress --out-dir "$OUT/eval/$1_on_$2"
+    evals+=("$OUT/eval/$1_on_$2")
+}
+evaluate m1_source common_test
+evaluate broad common_test
+evaluate m1_adapt_common common_test
+evaluate common_source model1_test
+evaluate broad model1_test
+evaluate common_adapt_m1 model1_test
+$PY evaluate.py --compare "${evals[@]}" --out-dir "$OUT"
+if [[ -d $SAMPLES ]]; then
+    train common_adapt_public --data "$OUT/common" --adapt-data "$SAMPLES"
+    for run in common_source broad common_adapt_public; do
+        $PY predict.py --runs "$OUT/results/$run" --input "$SAMPLES" --output "$OUT/public_samples_$run.csv" \
+            --tta "$TTA" --no-progress
+    done
+    $PY evaluate.py --run "$OUT/results/common_source" --data "$SAMPLES" --tta "$TTA" --no-progress --residuals \
+        --out-dir "$OUT/eval/public_residuals"
+    paste -d, "$OUT/public_samples_common_source.csv" <(cut -d, -f5 "$OUT/public_samples_broad.csv") \
+        <(cut -d, -f5 "$OUT/public_samples_common_adapt_public.csv") <(cut -d, -f3-6 "$OUT/eval/public_residuals/residuals.csv")
+fi
