@@ -108,7 +108,7 @@ class DomainAdversarialLoss(nn.Module):
         if "domain_logit" not in out:  # validation: labelled images only
             loss, terms = self.base(out, y)
             return loss, dict(terms, domain=torch.zeros((), device=loss.device))
-        source = {k: v[labelled] for k, v in out.items() if k not in ("domain_logit", "grl_lambda")}
+        source = {k: v[labelled] for k, v in out.items() if k != "domain_logit"}
         loss, terms = self.base(source, y[labelled])
         domain = F.binary_cross_entropy_with_logits(out["domain_logit"].float(), (~labelled).float())
         return loss + self.weight * domain, dict(terms, domain=domain)

@@ -34,8 +34,8 @@ class _Reverse(torch.autograd.Function):
 
 @register("domain_adversarial", kind="image")
 class DomainAdversarial(nn.Module):
-    """TimmClassifier + domain head. Training forward adds "domain_logit" (B,) (target = 1) and
-    "grl_lambda"; eval forward is the classifier's."""
+    """TimmClassifier + domain head. Training forward adds "domain_logit" (B,) (target = 1); eval
+    forward is the classifier's."""
 
     def __init__(self, backbone: str, in_chans: int, n_outputs: int = 1, input_size: int = 41,
                  drop_rate: float = 0.0, total_steps: int = 1000, grl_max: float = 1.0, hidden: int = 256,
@@ -61,5 +61,4 @@ class DomainAdversarial(nn.Module):
             scale = self.grl_lambda()
             self.steps += 1
             out["domain_logit"] = self.domain_head(_Reverse.apply(features, scale))[:, 0]
-            out["grl_lambda"] = torch.tensor(scale)
         return out

@@ -150,12 +150,13 @@ def noise_model(images, background):
     return sky.clamp(min=1e-30), slope
 
 
-def fit_smooth(images, pixel_scale, psf_fwhm, steps=STEPS, starts=STARTS, lr=LEARNING_RATE, crop=FIT_RADIUS):
+def fit_smooth(images, pixel_scale, psf_fwhm, steps=None, starts=None, lr=LEARNING_RATE, crop=FIT_RADIUS):
     """Fit the smooth lens to each image (B, H, W) (any units; min-max scaled is fine), on the
     central square of +-crop arcsec. Returns a dict: params (dict of (B,)), model, sigma (the
     noise model), image (the crop; all (B, h, w)), background, amplitude, chi2 (B,), dof,
     noise_slope (B,) (variance per unit of light above the sky, image units), start (B,) the
     start that won."""
+    steps, starts = steps or STEPS, starts or STARTS  # read when called (a smoke run shortens them)
     images = images.to(torch.float64)
     b, h, w = images.shape
     background, _ = background_noise(images)
