@@ -212,17 +212,20 @@ def load_public(folder):
 
 
 def simulate(config, n_per_class, seed, batch=64):
-    """(images (3 n, 150, 150) float64, labels (3 n,)) of `config`, classes interleaved, as
-    simulate.py writes them (min-max scaled)."""
+    """(images (3 n, 150, 150) float64, labels (3 n,), true parameters {name: (3 n,)}) of `config`,
+    classes interleaved, as simulate.py writes them (min-max scaled)."""
     cfg = scenes.CONFIGS[config]
     labels = torch.arange(3 * n_per_class) % 3
     renderer = render.Renderer(cfg)
     gen, noise_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    images = []
+    images, truth = [], {}
     for start in range(0, len(labels), batch):
         scene, params = scenes.sample(cfg, labels[start:start + batch], gen)
         images.append(renderer.render(scene, params, noise_gen)["images"][:, 0].double().numpy())
-    return np.concatenate(images), labels.numpy()
+        for k, v in params.items():
+            if v.dim() == 1:
+                truth.setdefault(k, []).append(v.numpy())
+    return np.concatenate(images), labels.numpy(), {k: np.concatenate(v) for k, v in truth.items()}
 
 
 def read_predictions(path):
@@ -338,7 +341,7 @@ def main(args):
     sims, examples, timing = {}, {}, {}
     for config in CONFIG_NAMES:
         start = time.perf_counter()
-        images, labels = simulate(config, args.n, args.seed)
+        images, labels, _ = simulate(config, args.n, args.seed)
         timing[config] = time.perf_counter() - start
         sims[config] = image_statistics(images)
         order = np.concatenate([np.flatnonzero(labels == c)[:3] for c in range(3)])

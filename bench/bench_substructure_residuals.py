@@ -33,29 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from bench_substructure_realism import PUBLIC_DEFAULT, load_public  # noqa: E402
-from physics.strong import fit, render, scenes  # noqa: E402
+from bench_substructure_realism import PUBLIC_DEFAULT, load_public, simulate  # noqa: E402
+from physics.strong import fit  # noqa: E402
 
 CLASSES = ("no", "sphere", "vort")
 CONFIG_NAMES = ("deeplense-model1", "deeplense-common", "deeplense-broad")
 SHOWN = ("chi2_dof", "ring_excess", "ring_power_0_0.6", "ring_power_0.6_0.85", "ring_power_0.85_1.15",
          "ring_power_1.15_1.5", "ring_power_1.5_10", "max_residual_sigma")
 FEATURES = SHOWN + ("max_residual_radius",)  # what the oracle sees
-
-
-def simulate(config, n_per_class, seed, batch=64):
-    """(images (3 n, 150, 150) float64, labels (3 n,), true params {name: (3 n,)}) as simulate.py writes them."""
-    cfg = scenes.CONFIGS[config]
-    labels = torch.arange(3 * n_per_class) % 3
-    renderer = render.Renderer(cfg)
-    gen, noise_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    images, truth = [], {k: [] for k in ("theta_e", "gamma1", "gamma2", "lens_e1", "lens_e2")}
-    for start in range(0, len(labels), batch):
-        scene, params = scenes.sample(cfg, labels[start:start + batch], gen)
-        images.append(renderer.render(scene, params, noise_gen)["images"][:, 0].double().numpy())
-        for k in truth:
-            truth[k].append(params[k].numpy())
-    return np.concatenate(images), labels.numpy(), {k: np.concatenate(v) for k, v in truth.items()}
 
 
 def measure(images, batch):

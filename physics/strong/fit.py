@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from physics.strong import light, mass
-from physics.strong.instrument import FWHM_PER_SIGMA, convolve_separable, gaussian_psf_1d, pixel_grid
+from physics.strong.instrument import convolve_separable, gaussian_psf_1d, pixel_grid
 
 N_PARAMS = 13
 STEPS = (120, 250)            # Adam steps from each start, then refining the best (cosine-decayed rates)
@@ -244,10 +244,6 @@ def residual_stats(fit, pixel_scale):
     out["max_residual_radius"] = radius.flatten(1)[torch.arange(len(r)), peak]
     out["noise_slope"], out["sky_sigma"] = fit["noise_slope"], fit["sky_sigma"]
     return out
-
-
-def psf_sigma_px(psf_fwhm, pixel_scale):
-    return psf_fwhm / pixel_scale / FWHM_PER_SIGMA
 
 
 def measure_images(images, pixel_scale, psf_fwhm, batch=32, progress=False):

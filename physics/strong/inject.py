@@ -363,10 +363,12 @@ def render_arcs(scene, size, pixel_scale, supersample, kernels, dtype=torch.floa
         inside = (at >= 0) & (at < side)
         unit = F.pad(unit * (inside[:, 1, None, :, None] & inside[:, 0, None, None, :]), (pad,) * 4)
         arcs = convolve(unit.expand(-1, c, -1, -1), kern if len(kern) == 1 else kern[sel])
-        span = 2 * (hw + pad) + 1
-        for j, r in enumerate(sel.tolist()):
-            x0, y0 = int(centre[r, 0]) + margin - hw - pad, int(centre[r, 1]) + margin - hw - pad
-            canvas[rows[r], :, y0:y0 + span, x0:x0 + span] = arcs[j]
+        # each window pasted at its lens's pixel (one indexed assignment for the group)
+        offsets = torch.arange(2 * (hw + pad) + 1)
+        xs = (centre[sel, 0] + margin - hw - pad)[:, None] + offsets  # (R, span) canvas columns, then rows
+        ys = (centre[sel, 1] + margin - hw - pad)[:, None] + offsets
+        canvas[rows[sel][:, None, None, None], torch.arange(c)[None, :, None, None], ys[:, None, :, None],
+               xs[:, None, None, :]] = arcs
     windowed = rows[~full]
     out[windowed] = canvas[windowed, :, margin:margin + h, margin:margin + w]
     return out
