@@ -22,11 +22,11 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -r requirements-test.txt
 	touch $@
 
-# Main job: simulate a small microlensing set (baseline preset), train the fast classifier on it,
+# Main job: simulate a small microlensing set (baseline preset, survey population, variables), train the fast classifier on it,
 # evaluate the held-out test split; prints where the plots and metrics are (~2-3 min on 2 CPU cores).
 demo: venv
 	mkdir -p $(OUT)
-	$(PY) simulate.py --task microlensing --n-flat 300 --n-pspl 300 --n-binary 300 \
+	$(PY) simulate.py --task microlensing --n-flat 300 --n-pspl 300 --n-binary 300 --n-variable 300 \
 		--binary-preset baseline --seed 42 --num-workers 2 --overwrite \
 		--output $(OUT)/microlensing.h5 --preview $(OUT)/microlensing_examples.png
 	rm -rf $(OUT)/results/demo

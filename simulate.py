@@ -1,12 +1,15 @@
 """Simulate training sets.
 
-Microlensing light curves (flat / PSPL / binary) on a Roman-like 72-day season:
+Microlensing light curves (flat / PSPL / binary, and non-lensing variables) on a Roman-like
+72-day season, events drawn as a bulge survey records them (--population survey: tE 0.1-300 d,
+faint blended sources, peaks outside the window):
 
-    python simulate.py --task microlensing --n-flat 1000 --n-pspl 1000 --n-binary 1000 \\
+    python simulate.py --task microlensing --n-flat 1000 --n-pspl 1000 --n-binary 1000 --n-variable 1000 \\
         --binary-preset baseline --output data/baseline.h5 --num-workers 2 --preview data/baseline.png
 
-    # the thesis command works unchanged
-    python simulate.py --n_flat 100 --n_pspl 100 --n_binary 100 --binary_preset baseline --output test.h5
+    # the thesis command works unchanged; --population thesis gives the seed's narrow table
+    python simulate.py --n_flat 100 --n_pspl 100 --n_binary 100 --binary_preset baseline \\
+        --population thesis --output test.h5
 
     # SLURM job array (see sbatch/simulate.sbatch): one shard per task, then merge
     python simulate.py --n-flat 100000 --n-pspl 100000 --n-binary 100000 --seed 42 \\
@@ -54,7 +57,8 @@ from engine import image_sim
 from engine.cli import OneLineErrorParser
 from engine.image_sim import SimulationError, check_output
 from engine.workers import Interrupted, ordered_results
-from physics.microlensing.events import BLOCK_SIZE, PRESETS, EventConfig, EventSimulator, shuffled_labels
+from physics.microlensing.events import (BLOCK_SIZE, CLASS_NAMES, POPULATIONS, PRESETS, EventConfig, EventSimulator,
+                                         shuffled_labels)
 from physics.strong.scenes import CONFIGS
 
 TASKS = ("microlensing", "lens", "substructure", "superres")
@@ -111,6 +115,11 @@ def get_args_parser():
     ml.add_argument("--n-flat", "--n_flat", type=non_negative_int, default=100)
     ml.add_argument("--n-pspl", "--n_pspl", type=non_negative_int, default=100)
     ml.add_argument("--n-binary", "--n_binary", type=non_negative_int, default=100)
+    ml.add_argument("--n-variable", "--n_variable", type=non_negative_int, default=0,
+                    help="non-lensing variables (class 3: dwarf novae, pulsators, eclipsing binaries, long-period "
+                         "variables, flares; physics/microlensing/variables.py); 0 = the three lensing classes only")
+    ml.add_argument("--population", default="survey", choices=list(POPULATIONS),
+                    help=" | ".join(f"{p.name}: {p.doc}" for p in POPULATIONS.values()))
     ml.add_argument("--binary-preset", "--binary_preset", default="baseline", choices=list(PRESETS),
                     help=" | ".join(f"{p.name} (s {p.s[0]:g}-{p.s[1]:g}, q {p.q[0]:g}-{p.q[1]:g}, "
                                    f"u0 {p.u0[0]:g}-{p.u0[1]:g}): {p.doc}" for p in PRESETS.values()))
@@ -182,13 +191,13 @@ def _run_block(job):
 
 # --------------------------------------------------------------------------- parent side
 def run_microlensing(args):
-    cfg_kwargs = dict(preset=args.binary_preset, oversample=args.oversample,
+    cfg_kwargs = dict(preset=args.binary_preset, population=args.population, oversample=args.oversample,
                       min_snr=args.min_snr, min_epochs=args.min_epochs)
     try:
         cfg = EventConfig(**cfg_kwargs)
     except ValueError as err:
         raise SimulationError(str(err)) from None
-    labels = shuffled_labels(args.seed, args.n_flat, args.n_pspl, args.n_binary)
+    labels = shuffled_labels(args.seed, args.n_flat, args.n_pspl, args.n_binary, args.n_variable)
     n_total = len(labels)
     n_blocks = -(-n_total // BLOCK_SIZE)
     shard_index, n_shards = args.shard or (0, 1)
@@ -196,8 +205,9 @@ def run_microlensing(args):
     row_start, row_stop = first * BLOCK_SIZE, min(last * BLOCK_SIZE, n_total)
 
     attrs = {
-        "task": "microlensing", "preset": cfg.preset, "seed": args.seed,
-        "n_flat": args.n_flat, "n_pspl": args.n_pspl, "n_binary": args.n_binary,
+        "task": "microlensing", "preset": cfg.preset, "population": cfg.population, "seed": args.seed,
+        "n_flat": args.n_flat, "n_pspl": args.n_pspl, "n_binary": args.n_binary, "n_variable": args.n_variable,
+        "class_names": list(CLASS_NAMES if args.n_variable else CLASS_NAMES[:3]),
         "cadence_min": cfg.season.cadence_min, "season_days": cfg.season.length_days,
         "missing_fraction": cfg.season.missing_fraction, "block_size": BLOCK_SIZE,
         "code_version": physics.__version__, "config": json.dumps(cfg.to_dict()),

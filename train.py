@@ -221,7 +221,7 @@ def main(args):
         raise TrainError(f"{args.data or 'the data'}: {len(data.labels)} {unit} are too few for a train/val/test split")
     train_fetch = task.make_fetch(data, stats, args, info.device, train=True)
     val_fetch = task.make_fetch(data, stats, args, info.device, train=False)
-    class_names = task.CLASS_NAMES
+    class_names = data.meta.get("class_names", task.CLASS_NAMES)  # e.g. a microlensing file with or without variables
     n_classes = len(class_names)
 
     # model, loss, optimiser, schedule, AMP

@@ -35,7 +35,8 @@ GRU_EPOCHS=${GRU_EPOCHS:-3}
 mkdir -p "$OUT"
 for preset in planetary baseline; do
     [[ -f $OUT/$preset.h5 ]] || $PY simulate.py --output "$OUT/$preset.h5" --n-flat "$N_PER_CLASS" \
-        --n-pspl "$N_PER_CLASS" --n-binary "$N_PER_CLASS" --binary-preset $preset --num-workers "$WORKERS" --seed 12 \
+        --n-pspl "$N_PER_CLASS" --n-binary "$N_PER_CLASS" --binary-preset $preset --population thesis \
+        --num-workers "$WORKERS" --seed 12 \
         --no-progress
 done
 for preset in planetary baseline; do  # fit speed, and what the point / finite-source fits leave

@@ -6,7 +6,9 @@
 
 Parts:
 - throughput: events/s on one core, end to end (simulate.py with one worker, HDF5 write
-  included) for flat-only, PSPL-only and binary-only runs, and the share of time writing;
+  included) for flat-only, PSPL-only, binary-only and variable-only runs of each population
+  (`--populations`; survey: tE 0.1-300 d, peaks outside the season, faint blended stars), and
+  the share of time writing;
 - ratio: adaptive binary light curves vs VBBinaryLensing BinaryLightCurve at full cadence
   (Tol = RelTol = 1e-3) on the same parameters, one core, per preset;
 - accuracy: max |dA|/A of the adaptive curves against VBBinaryLensing at Tol = RelTol = 1e-5
@@ -41,20 +43,22 @@ def events(preset, n, seed):
     return [tuple(float(e[k]) for k in KEYS) for e in p]
 
 
-def throughput(sizes):
-    print("\n== end-to-end throughput, 1 worker (simulate.py, HDF5 write included)")
+def throughput(sizes, populations):
+    print("\n== end-to-end throughput, 1 worker, baseline preset (simulate.py, HDF5 write included)")
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
-        for cls, n in sizes.items():
-            counts = {"flat": 0, "pspl": 0, "binary": 0, cls: n}
-            out = os.path.join(tmp, f"{cls}.h5")
-            cmd = [os.environ.get("PY", sys.executable), "simulate.py", "--no-progress", "--output", out, "--seed", "1",
-                   "--n-flat", str(counts["flat"]), "--n-pspl", str(counts["pspl"]), "--n-binary", str(counts["binary"])]
-            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-            m = re.search(r"in ([\d.]+) s \((\d+) events/s, (\d+)% of the time writing\)", r.stdout)
-            size = os.path.getsize(out) / 2**20
-            print(f"{cls:7s} {n:6d} events: {m.group(2):>6s} events/s, {m.group(3):>2s}% of the time writing "
-                  f"({m.group(1)} s, {size:.0f} MiB)")
-            os.remove(out)
+        for population in populations:
+            for cls, n in sizes.items():
+                counts = {"flat": 0, "pspl": 0, "binary": 0, "variable": 0, cls: n}
+                out = os.path.join(tmp, f"{cls}.h5")
+                cmd = [os.environ.get("PY", sys.executable), "simulate.py", "--no-progress", "--output", out,
+                       "--seed", "1", "--population", population,
+                       *[a for c in counts for a in (f"--n-{c}", str(counts[c]))]]
+                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+                m = re.search(r"in ([\d.]+) s \((\d+) events/s, (\d+)% of the time writing\)", r.stdout)
+                size = os.path.getsize(out) / 2**20
+                print(f"{population:7s} {cls:8s} {n:6d} events: {m.group(2):>6s} events/s, {m.group(3):>2s}% of the "
+                      f"time writing ({m.group(1)} s, {size:.0f} MiB)")
+                os.remove(out)
 
 
 def ratio(n):
@@ -107,6 +111,8 @@ def main(argv=None):
     parser.add_argument("--n-flat", type=int, default=6400)
     parser.add_argument("--n-pspl", type=int, default=6400)
     parser.add_argument("--n-binary", type=int, default=640)
+    parser.add_argument("--n-variable", type=int, default=1280)
+    parser.add_argument("--populations", nargs="+", default=["survey", "thesis"])
     parser.add_argument("--n-ratio", type=int, default=100, help="events per preset for the speed ratio")
     parser.add_argument("--n-accuracy", type=int, default=200, help="baseline events; other presets get half")
     parser.add_argument("--processes", type=int, default=None, help="accuracy part (default: every core)")
@@ -114,9 +120,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.tiny:
         args.n_flat, args.n_pspl, args.n_binary, args.n_ratio, args.n_accuracy, args.processes = 20, 20, 4, 2, 4, 1
+        args.n_variable = 4
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     if "throughput" in args.parts:
-        throughput({"flat": args.n_flat, "pspl": args.n_pspl, "binary": args.n_binary})
+        throughput({"flat": args.n_flat, "pspl": args.n_pspl, "binary": args.n_binary, "variable": args.n_variable},
+                   args.populations)
     if "ratio" in args.parts:
         ratio(args.n_ratio)
     if "accuracy" in args.parts:

@@ -18,7 +18,7 @@ from data.lightcurves import FEATURE_SETS, grid_features, grid_size
 from data.photometry import PhotometryError, is_photometry_file, read_photometry, season_window
 
 TASK = "microlensing"
-CLASS_NAMES = ("flat", "pspl", "binary")
+CLASS_NAMES = ("flat", "pspl", "binary", "variable")  # a file's own attrs say how many it holds
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -77,9 +77,24 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
             raise DataError(f"{path}: damaged HDF5 file ({err})") from None
         finally:
             bar.close()
-    if not np.isin(labels, (0, 1, 2)).all():
-        raise DataError(f"{path}: labels outside 0, 1, 2")
+    if not np.isin(labels, (0, 1, 2, 3)).all():
+        raise DataError(f"{path}: labels outside 0-3 (flat, pspl, binary, variable)")
     return features, labels, params
+
+
+def class_names_of(path) -> tuple:
+    """The classes a simulator file holds (its class_names attribute): three, or four with variables."""
+    try:
+        with mlh5.open_checked(path) as f:
+            names = tuple(str(n) for n in f.attrs.get("class_names", CLASS_NAMES[:3]))
+            labels = f["labels"][:]
+    except mlh5.SchemaError as err:
+        raise DataError(str(err)) from None
+    if names != CLASS_NAMES[:len(names)]:
+        raise DataError(f"{path}: class_names {list(names)}, expected the first three or all of {list(CLASS_NAMES)}")
+    if len(labels) and labels.max() >= len(names):
+        raise DataError(f"{path}: label {labels.max()} but only {len(names)} classes in class_names")
+    return names
 
 
 def _ground(f, seed, idx, time, mag, err):
@@ -90,7 +105,8 @@ def _ground(f, seed, idx, time, mag, err):
     cfg = json.loads(f.attrs["config"]) if "config" in f.attrs else {}
     noise = NoiseModel(**cfg.get("noise", {}))
     with np.errstate(all="ignore"):
-        significant = lensing_snr(noise, p["m_base"], p["fs"], f["magnification"][idx]) >= cfg.get("min_snr", 5.0)
+        # |signal|: a variable's source may fade (eclipses) as well as brighten
+        significant = np.abs(lensing_snr(noise, p["m_base"], p["fs"], f["magnification"][idx])) >= cfg.get("min_snr", 5.0)
     return ground_block(seed, idx, time, mag, err, significant & np.isfinite(mag))
 
 

@@ -5,13 +5,17 @@
 | `time`          | (T,) f8       | days since season start                                     |
 | `mag`, `mag_err`| (N, T) f4     | observed magnitude and its error; NaN where not observed    |
 | `magnification` | (N, T) f4     | true magnification (1 for flat); reference, never an input  |
-| `labels`        | (N,) i1       | 0 flat, 1 PSPL, 2 binary                                    |
-| `params`        | (N,) compound | t0, tE, u0, alpha, s, q, rho, m_source, fs, m_base          |
+| `labels`        | (N,) i1       | 0 flat, 1 PSPL, 2 binary, 3 variable                        |
+| `params`        | (N,) compound | t0, tE, u0, alpha, s, q, rho, m_source, fs, m_base; var_kind,|
+|                 |               | period, amplitude, phase, rise, decay (variables)           |
 | attrs           |               | schema_version, class_names, cadence_min, season_days,      |
 |                 |               | missing_fraction, preset, seed, code_version, counts, config|
 
 Row i of every dataset is the same event, so that
-mag = m_base - 2.5 log10(fs A + 1 - fs) + noise holds row by row. Rows are in a seeded random
+mag = m_base - 2.5 log10(fs A + 1 - fs) + noise holds row by row (for a variable, A is its source
+flux factor). `class_names` lists the classes the file can hold: the first three, and
+`variable` where it was asked for (`--n-variable`), so a three-class file trains a three-class
+model. Files written before variables existed lack the variable params fields. Rows are in a seeded random
 order. (N, T) datasets are chunked by row, so reading one event touches one chunk; rows are
 written as whole chunks. `magnification` has fill value 1, so flat rows are not stored at all.
 Files use the default (oldest) HDF5 format, so a partial file of a killed run reopens.
@@ -47,7 +51,7 @@ def create(path, n_rows: int, time, attrs: dict) -> h5py.File:
     f.create_dataset("labels", shape=(n_rows,), dtype="i1")
     f.create_dataset("params", shape=(n_rows,), dtype=PARAMS_DTYPE)
     f.attrs["schema_version"] = SCHEMA_VERSION
-    f.attrs["class_names"] = list(CLASS_NAMES)
+    f.attrs["class_names"] = list(CLASS_NAMES[:3])
     for key, value in attrs.items():
         f.attrs[key] = value
     return f
@@ -155,13 +159,17 @@ def merge_shards(paths, output) -> int:
         raise SchemaError(f"shards do not cover 0..{n_shards - 1} once: missing {missing}, repeated {dup}")
     n_rows = metas[-1][3]
     with create(output, n_rows, metas[0][6], {k: v for k, v in first_attrs.items()
-                                             if k not in ("schema_version", "class_names")}) as out:
+                                             if k != "schema_version"}) as out:
         for _, _, start, stop, path, _, _ in metas:
             with h5py.File(path, "r") as f:
                 for offset in range(0, stop - start, 1024):
                     sel = slice(offset, min(offset + 1024, stop - start))
+                    params = np.full(sel.stop - sel.start, np.nan, dtype=PARAMS_DTYPE)
+                    old = f["params"][sel]
+                    for name in old.dtype.names:
+                        params[name] = old[name]
                     write_rows(out, start + offset, f["labels"][sel],
-                               {name: f[name][sel] for name in ("params", *ROW_DATASETS)})
+                               {"params": params, **{name: f[name][sel] for name in ROW_DATASETS}})
     return n_rows
 
 

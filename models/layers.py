@@ -73,9 +73,11 @@ class MaskedMeanPooling(nn.Module):
 class ClassifierHead(nn.Module):
     """Shared trunk (Linear, LayerNorm, SiLU, Dropout) and the thesis's heads.
 
-    hierarchical: stage 1 = flat vs lensed, stage 2 = PSPL vs binary given lensed (one logit
-    each), log p = (log σ(-z1), log σ(z1) + log σ(-z2), log σ(z1) + log σ(z2)); optional
-    auxiliary 3-class head. Otherwise one 3-class head.
+    hierarchical: stage 1 = unlensed vs lensed, stage 2 = PSPL vs binary given lensed (one logit
+    each), log p = (log σ(-z1), log σ(z1) + log σ(-z2), log σ(z1) + log σ(z2)); with a fourth
+    class (variable), stage 3 = flat vs variable given unlensed splits the first term:
+    (log σ(-z1) + log σ(-z3), ..., log σ(-z1) + log σ(z3)). Optional auxiliary n-class head.
+    Otherwise one n-class head.
     """
 
     def __init__(self, d_model: int, dropout: float, hierarchical: bool, use_aux_head: bool, n_classes: int = 3):
@@ -83,9 +85,11 @@ class ClassifierHead(nn.Module):
         self.hierarchical = hierarchical
         self.trunk = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model), nn.SiLU(), nn.Dropout(dropout))
         if hierarchical:
-            assert n_classes == 3, "the hierarchical head is flat / PSPL / binary"
+            if n_classes not in (3, 4):
+                raise ValueError(f"the hierarchical head is flat / PSPL / binary (/ variable), not {n_classes} classes")
             self.stage1 = nn.Linear(d_model, 1)
             self.stage2 = nn.Linear(d_model, 1)
+            self.stage3 = nn.Linear(d_model, 1) if n_classes == 4 else None
             self.aux = nn.Linear(d_model, n_classes) if use_aux_head else None
         else:
             self.classifier = nn.Linear(d_model, n_classes)
@@ -97,16 +101,25 @@ class ClassifierHead(nn.Module):
             return {"logits": logits, "log_probs": F.log_softmax(logits.float(), dim=-1)}
         z1 = self.stage1(z).squeeze(-1).float()
         z2 = self.stage2(z).squeeze(-1).float()
-        lensed = F.logsigmoid(z1)
-        log_probs = torch.stack([F.logsigmoid(-z1), lensed + F.logsigmoid(-z2), lensed + F.logsigmoid(z2)], dim=-1)
-        out = {"stage1": z1, "stage2": z2, "log_probs": log_probs}
+        lensed, unlensed = F.logsigmoid(z1), F.logsigmoid(-z1)
+        out = {"stage1": z1, "stage2": z2}
+        if self.stage3 is None:
+            terms = [unlensed]
+        else:
+            z3 = out["stage3"] = self.stage3(z).squeeze(-1).float()
+            terms = [unlensed + F.logsigmoid(-z3)]
+        terms += [lensed + F.logsigmoid(-z2), lensed + F.logsigmoid(z2)]
+        if self.stage3 is not None:
+            terms.append(unlensed + F.logsigmoid(z3))
+        out["log_probs"] = torch.stack(terms, dim=-1)
         if self.aux is not None:
             out["aux"] = self.aux(z)
         return out
 
 
 class ClassifierLoss(nn.Module):
-    """L = λ1 BCE(flat vs lensed) + λ2 BCE(PSPL vs binary | lensed) + λaux CE(3-class), or CE.
+    """L = λ1 BCE(unlensed vs lensed) + λ2 BCE(PSPL vs binary | lensed) [+ λ1 BCE(flat vs variable |
+    unlensed)] + λaux CE(n-class), or CE.
 
     Every term is a per-sample loss times its class weight, divided by the batch size (not by
     the summed weights), so DDP's average over equal per-rank batches equals the global batch's
@@ -126,11 +139,15 @@ class ClassifierLoss(nn.Module):
         if "logits" in out:
             parts["ce"] = (w * F.cross_entropy(out["logits"].float(), y, reduction="none")).sum() / B
             return parts["ce"], parts
-        lensed = (y > 0).float()
+        lensed = ((y == 1) | (y == 2)).float()
         parts["stage1"] = (w * F.binary_cross_entropy_with_logits(out["stage1"], lensed, reduction="none")).sum() / B
         parts["stage2"] = (w * lensed * F.binary_cross_entropy_with_logits(
             out["stage2"], (y == 2).float(), reduction="none")).sum() / B
         total = self.weights[0] * parts["stage1"] + self.weights[1] * parts["stage2"]
+        if "stage3" in out:
+            parts["stage3"] = (w * (1.0 - lensed) * F.binary_cross_entropy_with_logits(
+                out["stage3"], (y == 3).float(), reduction="none")).sum() / B
+            total = total + self.weights[0] * parts["stage3"]
         if "aux" in out:
             parts["aux"] = (w * F.cross_entropy(out["aux"].float(), y, reduction="none")).sum() / B
             total = total + self.weights[2] * parts["aux"]

@@ -9,6 +9,7 @@ import numpy as np  # noqa: E402
 
 from data import microlensing_h5 as mlh5  # noqa: E402
 from physics.microlensing.survey import model_magnitude  # noqa: E402
+from physics.microlensing.variables import KINDS  # noqa: E402
 
 
 def describe(label: int, p) -> str:
@@ -16,6 +17,9 @@ def describe(label: int, p) -> str:
     star = f"m_base={p['m_base']:.1f} fs={p['fs']:.2f}"
     if label == 0:
         return star
+    if label == 3:
+        period = f" P={p['period']:.2f}d" if np.isfinite(p["period"]) else ""
+        return f"{KINDS[int(p['var_kind'])]}{period} amp={p['amplitude']:.2f} {star}"
     lens = f"tE={p['tE']:.1f}d u0={p['u0']:.3f}"
     if label == 2:
         lens += f"\ns={p['s']:.2f} q={p['q']:.1e} rho={p['rho']:.1e}"

@@ -18,8 +18,8 @@ from sklearn import metrics  # noqa: E402
 
 from engine.metrics import reliability_bins  # noqa: E402
 
-DEFAULT_COLORS = ["tab:blue", "tab:orange", "tab:green"]
-COLORBLIND_COLORS = ["#0072B2", "#E69F00", "#009E73"]  # Okabe-Ito blue, orange, bluish green
+DEFAULT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+COLORBLIND_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7"]  # Okabe-Ito blue, orange, bluish green, purple
 DPI = 120
 NAN = float("nan")
 

@@ -1,4 +1,8 @@
-"""Microlensing light curves: flat / PSPL / binary from a simulator HDF5 file or text photometry.
+"""Microlensing light curves: flat / PSPL / binary (/ variable) from a simulator HDF5 file or text photometry.
+
+A file simulated with --n-variable > 0 holds a fourth class, `variable` (non-lensing variable
+stars); its runs are four-class and their hierarchical head adds flat vs variable among the
+unlensed (models/layers.ClassifierHead).
 
 Data: `data.microlensing` (binned features of every curve, in the node's RAM cache). Models:
 `cnn_gru`, `patch_transformer` (hierarchical heads, `models/layers.ClassifierLoss`). The best
@@ -21,7 +25,7 @@ from engine.inference import predict_log_probs
 from models import create_model, list_models, model_kwargs
 from models.layers import ClassifierLoss
 from tasks import TaskError, TrainData, stratified_split
-from tasks.microlensing_eval import BINARY_FALSE_ALARM, decide, operating_point
+from tasks.microlensing_eval import BINARY_FALSE_ALARM, VARIABLE_FALSE_ALARM, decide, operating_point
 from tasks.microlensing_eval import add_evaluate_args, compare_columns, evaluate  # noqa: F401 (task contract)
 
 TASK = task_data.TASK
@@ -66,6 +70,9 @@ def add_train_args(parser):
                    help="operating point: a lensed event is called binary where P(binary | lensed) exceeds the "
                         "threshold (>= 0.5) at which at most this share of validation single lenses are; "
                         "chosen with the best checkpoint, used by evaluate.py and predict.py")
+    g.add_argument("--variable-false-alarm", type=float, default=VARIABLE_FALSE_ALARM, metavar="F",
+                   help="operating point with a variable class: an event is called lensing where P(pspl) + P(binary) "
+                        "exceeds the threshold (>= 0.5) at which at most this share of validation variables are")
 
 
 def check_train_args(args):
@@ -77,8 +84,9 @@ def check_train_args(args):
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0.0 <= args.binary_false_alarm < 1.0:
-        raise TaskError(f"--binary-false-alarm must be in [0, 1), got {args.binary_false_alarm}")
+    for name in ("binary_false_alarm", "variable_false_alarm"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
     for name in ("survey_augment", "truncate_augment"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
@@ -109,9 +117,10 @@ def load_train_data(args, info) -> TrainData:
         arrays = task_data.cached_h5(args.data, grid, info, args.cache_dir, not args.no_progress,
                                      survey_seed=args.seed if args.survey_augment > 0 else None,
                                      truncate_seed=args.seed if args.truncate_augment > 0 else None)
+        names = task_data.class_names_of(args.data)
     except task_data.DataError as err:
         raise TaskError(str(err)) from None
-    return TrainData(arrays, np.asarray(arrays["labels"]), {"grid": grid, "unit": "events"})
+    return TrainData(arrays, np.asarray(arrays["labels"]), {"grid": grid, "unit": "events", "class_names": names})
 
 
 def make_split(data, args) -> dict:
@@ -152,13 +161,15 @@ def make_fetch(data, stats, args, device, train: bool):
 
 
 def build_model(args, data, stats):
-    kwargs = model_kwargs(args.model, dict(vars(args), in_channels=data.arrays["features"].shape[-1], n_classes=3))
+    kwargs = model_kwargs(args.model, dict(vars(args), in_channels=data.arrays["features"].shape[-1],
+                                           n_classes=len(data.meta["class_names"])))
     return create_model(args.model, **kwargs), args.model, kwargs
 
 
 def make_criterion(data, split, args):
-    counts = np.bincount(data.labels[split["train"]], minlength=3)
-    weights = (counts.sum() / (3 * np.maximum(counts, 1))).tolist() if args.class_weights == "balanced" else [1.0] * 3
+    k = len(data.meta["class_names"])
+    counts = np.bincount(data.labels[split["train"]], minlength=k)
+    weights = (counts.sum() / (k * np.maximum(counts, 1))).tolist() if args.class_weights == "balanced" else [1.0] * k
     return ClassifierLoss(weights, args.stage1_weight, args.stage2_weight, args.aux_weight)
 
 
@@ -168,7 +179,7 @@ def val_metrics(y, log_probs) -> dict:
 
 def val_decision(y, log_probs, args) -> dict:
     """Kept in each checkpoint: the operating point of its own validation predictions."""
-    return {"operating_point": operating_point(y, log_probs, args.binary_false_alarm)}
+    return {"operating_point": operating_point(y, log_probs, args.binary_false_alarm, args.variable_false_alarm)}
 
 
 def checkpoint_extras(data, stats, args) -> dict:
@@ -231,8 +242,9 @@ def ensemble_point(ckpts):
     points = [c.get("operating_point") for c in ckpts]
     if not all(points):
         return None
-    return {"binary_threshold": float(np.mean([p["binary_threshold"] for p in points])),
-            "false_alarm": float(np.mean([p["false_alarm"] for p in points]))}
+    keys = [k for k in ("binary_threshold", "false_alarm", "lensed_threshold", "variable_false_alarm")
+            if all(k in p for p in points)]
+    return {k: float(np.mean([p[k] for p in points])) for k in keys}
 
 
 def predict(runs, args):
@@ -269,5 +281,6 @@ def predict(runs, args):
     header = ["id", *(f"p_{n}" for n in names), "class", "window_start"]
     if len(rows) <= 10:
         for r in rows:
-            print("  " + "  ".join(r[:1] + [f"{n}={v}" for n, v in zip(names, r[1:4])] + [r[4]]))
+            print("  " + "  ".join(r[:1] + [f"{n}={v}" for n, v in zip(names, r[1:1 + len(names)])]
+                                   + [r[1 + len(names)]]))
     return header, rows, len(bad)

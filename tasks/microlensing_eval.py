@@ -15,41 +15,76 @@ from tasks import TaskError
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 BINARY_FALSE_ALARM = 0.03  # default share of validation single lenses the operating point lets be called binary
+VARIABLE_FALSE_ALARM = 0.01  # default share of validation variables it lets be called lensing
+TE_BINS = (1.0, 5.0, 30.0, 100.0)  # days: recall per tE bin <1, 1-5, 5-30, 30-100, >100 d
+TE_LABELS = ("<1 d", "1-5 d", "5-30 d", "30-100 d", ">100 d")
 
 
 # --------------------------------------------------------------------------- the operating point
 def binary_score(probs) -> np.ndarray:
-    """P(binary | lensed) of (N, 3) probabilities (the hierarchical model's stage-2 sigmoid)."""
+    """P(binary | lensed) of (N, 3 or 4) probabilities (the hierarchical model's stage-2 sigmoid)."""
     probs = np.asarray(probs, dtype=np.float64)
     return probs[:, 2] / np.maximum(probs[:, 1] + probs[:, 2], 1e-300)
 
 
-def operating_point(y, log_probs, false_alarm: float = BINARY_FALSE_ALARM) -> dict:
-    """The binary threshold chosen on validation predictions (y, log-probabilities (N, 3)).
+def lensing_score(probs) -> np.ndarray:
+    """P(lensing) = P(pspl) + P(binary) of (N, 3 or 4) probabilities."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs[:, 1] + probs[:, 2]
 
-    An event is lensed where flat is not the most probable class, and a lensed event binary
-    where P(binary | lensed) > threshold: the smallest threshold >= 0.5 (argmax) at which at most
-    `false_alarm` of the validation single lenses are called binary, the way an anomaly search
-    fixes its false-alarm rate on single-lens events. Never chosen on a test split.
+
+def _threshold(scores, false_alarm: float) -> float:
+    """The smallest threshold >= 0.5 that at most `false_alarm` of these scores exceed."""
+    scores = np.sort(np.asarray(scores))[::-1]
+    allowed = int(np.floor(false_alarm * len(scores)))
+    return max(0.5, float(scores[allowed]) if allowed < len(scores) else 0.5)
+
+
+def _called_lensed(probs, point):
+    if point and "lensed_threshold" in point:
+        return lensing_score(probs) > point["lensed_threshold"]
+    pred = np.asarray(probs).argmax(1)
+    return (pred == 1) | (pred == 2)
+
+
+def operating_point(y, log_probs, false_alarm: float = BINARY_FALSE_ALARM,
+                    variable_false_alarm: float = VARIABLE_FALSE_ALARM) -> dict:
+    """The thresholds chosen on validation predictions (y, log-probabilities (N, 3 or 4)).
+
+    With a variable class, an event is lensed where P(pspl) + P(binary) > lensed_threshold: the
+    smallest threshold >= 0.5 at which at most `variable_false_alarm` of the validation
+    variables are called lensing (the false-alarm rate a survey pays); without one, where
+    flat is not the most probable class. A lensed event is binary where P(binary | lensed) >
+    binary_threshold: the smallest threshold >= 0.5 (argmax) at which at most `false_alarm` of
+    the validation single lenses called lensed are called binary, the way an anomaly search fixes
+    its false-alarm rate on single-lens events. Unlensed events are flat or variable by argmax.
+    Never chosen on a test split.
     """
     y = np.asarray(y)
     probs = np.exp(np.asarray(log_probs, dtype=np.float64))
+    point = {}
+    if probs.shape[1] == 4:
+        variable = y == 3
+        point.update(lensed_threshold=_threshold(lensing_score(probs[variable]), variable_false_alarm),
+                     variable_false_alarm=float(variable_false_alarm), n_variable=int(variable.sum()))
     single = y == 1
-    candidates = np.sort(binary_score(probs[single & (probs.argmax(1) != 0)]))[::-1]
+    lensed = _called_lensed(probs, point)
+    candidates = np.sort(binary_score(probs[single & lensed]))[::-1]
     allowed = int(np.floor(false_alarm * single.sum()))
     threshold = float(candidates[allowed]) if allowed < len(candidates) else 0.5
-    threshold = max(0.5, threshold)
-    return {"binary_threshold": threshold, "false_alarm": float(false_alarm), "n_single": int(single.sum())}
+    point.update(binary_threshold=max(0.5, threshold), false_alarm=float(false_alarm), n_single=int(single.sum()))
+    return point
 
 
 def decide(probs, point: dict | None) -> np.ndarray:
-    """Classes of (N, 3) probabilities at an operating point (None: argmax)."""
+    """Classes of (N, 3 or 4) probabilities at an operating point (None: argmax)."""
     probs = np.asarray(probs)
     pred = probs.argmax(1)
     if not point:
         return pred
-    lensed = pred != 0
-    return np.where(lensed, np.where(binary_score(probs) > point["binary_threshold"], 2, 1), 0)
+    lensed = _called_lensed(probs, point)
+    unlensed = 3 * (probs[:, 3] > probs[:, 0]) if probs.shape[1] == 4 else 0
+    return np.where(lensed, np.where(binary_score(probs) > point["binary_threshold"], 2, 1), unlensed)
 
 
 def add_evaluate_args(parser):
@@ -94,12 +129,51 @@ def metrics_summary(y, probs, pred):
            "precision_macro": float(precision_score(y, pred, average="macro", zero_division=0)),
            "recall_macro": float(recall_score(y, pred, average="macro", zero_division=0)),
            "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0))}
-    if len(np.unique(y)) == 3:
+    if len(np.unique(y)) == probs.shape[1]:
         out["auroc_macro"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
         out["auroc_weighted"] = float(roc_auc_score(y, probs, multi_class="ovr", average="weighted"))
     rng = np.random.default_rng(0)
     boot = [(pred[i] == y[i]).mean() for i in (rng.integers(0, len(y), len(y)) for _ in range(1000))]
     out["accuracy_ci95"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    return out
+
+
+def recall_by_tE(tE, y, pred) -> dict:
+    """Per tE bin (TE_LABELS) of the lensed events: how many, the share called lensing (PSPL or
+    binary) and the share given their own class."""
+    lensed = (y == 1) | (y == 2)
+    which = np.digitize(tE, TE_BINS)
+    out = {}
+    for b, label in enumerate(TE_LABELS):
+        rows = lensed & (which == b)
+        out[label] = {"n": int(rows.sum()),
+                      "lensing_recall": float(np.isin(pred[rows], (1, 2)).mean()) if rows.any() else float("nan"),
+                      "class_recall": float((pred[rows] == y[rows]).mean()) if rows.any() else float("nan")}
+    return out
+
+
+def variable_summary(y, probs, pred, params, false_alarm: float = VARIABLE_FALSE_ALARM) -> dict:
+    """What the variable class costs a survey: the share of each variable kind called lensing
+    (PSPL or binary) at the operating point, and the lensing recall at the P(lensing) threshold
+    that `false_alarm` of these variables exceed (a point of the lensing-vs-variable ROC)."""
+    from physics.microlensing.variables import KINDS
+    variable, lensed = y == 3, (y == 1) | (y == 2)
+    called = np.isin(pred, (1, 2))
+    kinds = params["var_kind"] if "var_kind" in (params.dtype.names or ()) else np.full(len(y), np.nan)
+    out = {"n_variable": int(variable.sum()), "called_lensing": float(called[variable].mean()) if variable.any() else
+           float("nan"), "by_kind": {}}
+    for k, kind in enumerate(KINDS):
+        rows = variable & (kinds == k)
+        out["by_kind"][kind] = {"n": int(rows.sum()),
+                                "called_lensing": float(called[rows].mean()) if rows.any() else float("nan"),
+                                "called_variable": float((pred[rows] == 3).mean()) if rows.any() else float("nan")}
+    if variable.any() and lensed.any():
+        scores = np.sort(lensing_score(probs[variable]))[::-1]
+        allowed = int(np.floor(false_alarm * len(scores)))  # variables allowed above the threshold
+        threshold = float(scores[allowed]) if allowed < len(scores) else 0.0
+        out["at_false_alarm"] = {"false_alarm": float(false_alarm), "threshold": threshold,
+                                 "lensing_recall": float((lensing_score(probs[lensed]) > threshold).mean())}
+    out["lensing_recall"] = float(called[lensed].mean()) if lensed.any() else float("nan")
     return out
 
 
@@ -145,8 +219,14 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     summary["metrics"]["ece"] = summary["calibration"]["ece"]
     summary["per_class"] = plots.per_class_metrics_plot(y, pred, names, P("per_class_metrics.png"), colors=colors)
     summary["u0_dependency"] = plots.u0_dependency_plot(params["u0"], y, pred, P("u0_dependency.png"), colors=colors)
+    if "tE" in (params.dtype.names or ()):
+        summary["recall_by_tE"] = recall_by_tE(params["tE"], y, pred)
+    if len(names) == 4:
+        summary["variables"] = variable_summary(y, probs, pred, params)
     if args.ceiling and survey_seed is None:  # the Δχ² are those of the curves as simulated
-        summary["ceiling"] = _ceiling(data_path, rows, y, pred, out_dir, P, colors, not args.no_progress)
+        lensing_rows = y < 3  # the oracle tells flat, PSPL and binary apart (variables: see "variables")
+        summary["ceiling"] = _ceiling(data_path, rows[lensing_rows], y[lensing_rows], pred[lensing_rows], out_dir, P,
+                                      colors, not args.no_progress)
     summary["t0_check"] = plots.t0_check_plot(params["t0"], y, pred, names, P("temporal_bias_check.png"),
                                               season_days=grid["season_days"], colors=colors)
     np.savez(P("predictions.npz"), rows=rows, y_true=y, y_pred=pred, probs=probs, u0=params["u0"], t0=params["t0"],
@@ -178,6 +258,17 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         ceil = (f" | oracle accuracy {c['oracle_accuracy']:.4f}; binary recall by Δχ² "
                 + ", ".join(f"{k}: {v['recall']:.2f}" for k, v in c["model_binary_recall"].items()))
     rule = f"binary threshold {point['binary_threshold']:.3f}" if point else "argmax"
+    if point and "lensed_threshold" in point:
+        rule += f", lensing threshold {point['lensed_threshold']:.3f}"
+    if "recall_by_tE" in summary:
+        early = " | lensing recall by tE " + ", ".join(f"{k}: {v['lensing_recall']:.2f} (n={v['n']})"
+                                                       for k, v in summary["recall_by_tE"].items() if v["n"]) + early
+    if "variables" in summary:
+        v = summary["variables"]
+        early = (f" | variables called lensing {v['called_lensing']:.3f} ("
+                 + ", ".join(f"{k} {d['called_lensing']:.2f}" for k, d in v["by_kind"].items() if d["n"]) + ")"
+                 + (f"; lensing recall at {v['at_false_alarm']['false_alarm']:.0%} of variables "
+                    f"{v['at_false_alarm']['lensing_recall']:.3f}" if "at_false_alarm" in v else "") + early)
     summary["headline"] = (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] "
                            f"({rule}; argmax {summary['argmax']['accuracy']:.4f}) "
                            f"| recall {recall} | ECE {m['ece']:.3f}{ceil}{early}")

@@ -85,9 +85,9 @@ def photometry_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_h5(tmp_path_factory):
-    """60 simulated events (20 per class) shared by the training tests."""
+    """80 simulated events (20 per class, variables included) shared by the training tests."""
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    r = run_script("simulate.py", "--n-flat", "20", "--n-pspl", "20", "--n-binary", "20", "--seed", "3",
+    r = run_script("simulate.py", "--n-flat", "20", "--n-pspl", "20", "--n-binary", "20", "--n-variable", "20", "--seed", "3",
                    "--output", str(path), "--no-progress")
     assert r.returncode == 0, r.stderr
     return str(path)

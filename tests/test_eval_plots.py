@@ -45,7 +45,7 @@ def calibrated_probs(n, seed, p_correct):
 
 def test_palette():
     assert ev.palette(True) == ev.COLORBLIND_COLORS and ev.palette(False) == ev.DEFAULT_COLORS
-    assert len(ev.COLORBLIND_COLORS) == 3 and ev.palette(True) is not ev.COLORBLIND_COLORS
+    assert len(ev.COLORBLIND_COLORS) == 4 and ev.palette(True) is not ev.COLORBLIND_COLORS
 
 
 def test_confusion_matrix_matches_sklearn(tmp_path):

@@ -22,20 +22,22 @@ def test_ground_versions_only_remove_epochs_and_keep_the_signal(tiny_h5):
     seen_dense, seen_ground = dense[..., 3] > 0, ground[..., 3] > 0
     assert not (seen_ground & ~seen_dense).any()          # epochs are only ever removed
     assert seen_ground.sum() < 0.7 * seen_dense.sum()     # nights, weather and cadence thin the season
-    # every lensed curve keeps observed bins around its peak's neighbourhood of significant signal
+    # every lensed curve and every variable keeps observed epochs of significant signal (a
+    # variable's may be a fading: eclipses)
     from physics.microlensing.survey import NoiseModel, lensing_snr
+    assert (labels == 3).any()
     for i in np.flatnonzero(labels > 0):
-        m, e = ground_block(5, [i], d["time"], d["mag"][i:i + 1], d["mag_err"][i:i + 1],
-                            lensing_snr(NoiseModel(), d["params"]["m_base"][i:i + 1], d["params"]["fs"][i:i + 1],
-                                        d["magnification"][i:i + 1]) >= 5)
-        sig = lensing_snr(NoiseModel(), d["params"]["m_base"][i:i + 1], d["params"]["fs"][i:i + 1],
-                          d["magnification"][i:i + 1])[0] >= 5
-        assert (np.isfinite(m[0]) & sig).sum() >= 3
+        sig = np.abs(lensing_snr(NoiseModel(), d["params"]["m_base"][i:i + 1], d["params"]["fs"][i:i + 1],
+                                 d["magnification"][i:i + 1])) >= 5
+        m, e = ground_block(5, [i], d["time"], d["mag"][i:i + 1], d["mag_err"][i:i + 1], sig)
+        assert (np.isfinite(m[0]) & sig[0]).sum() >= 3
         t_obs = d["time"][np.isfinite(m[0])]
-        assert 0 <= t_obs.min() and t_obs.max() <= 72.0 and 0 < params["t0"][i] < 72.0
+        assert 0 <= t_obs.min() and t_obs.max() <= 72.0
     # a row's version depends on (seed, row) only, not on which rows are read with it
     one, _, _ = task_data.h5_features(tiny_h5, GRID, [7], progress=False, survey_seed=5)
-    np.testing.assert_array_equal(one[0], ground[7])
+    # (up to one float16 step of the residual channel: the fit's batched solves may round differently)
+    np.testing.assert_array_equal(one[0][..., :4], ground[7][..., :4])
+    np.testing.assert_allclose(one[0].astype(np.float32), ground[7].astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
 def test_truncated_copies_are_the_early_detection_features(tiny_h5):
@@ -144,7 +146,7 @@ def test_predict_events_from_folders_and_event_groups(tmp_path, run_dir):
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 1 and rows[0]["id"] == "ogle.dat+kmt.dat"
-    assert abs(sum(float(rows[0][k]) for k in ("p_flat", "p_pspl", "p_binary")) - 1) < 1e-4
+    assert abs(sum(float(rows[0][k]) for k in ("p_flat", "p_pspl", "p_binary", "p_variable")) - 1) < 1e-4
 
 
 def test_bad_events_give_one_line(tmp_path, run_dir):

@@ -23,20 +23,26 @@ def small(name, **extra):
 
 @pytest.mark.parametrize("name", list_models("light_curve"))
 @pytest.mark.parametrize("hierarchical", [True, False])
-def test_shapes_finite_and_gradients(name, hierarchical):
+@pytest.mark.parametrize("n_classes", [3, 4])
+def test_shapes_finite_and_gradients(name, hierarchical, n_classes):
     torch.manual_seed(0)
-    model = small(name, hierarchical=hierarchical, use_aux_head=True)
-    x = features()
+    model = small(name, hierarchical=hierarchical, use_aux_head=True, n_classes=n_classes)
+    x = features(B=4)
     out = model(x)
-    assert out["log_probs"].shape == (3, 3)
+    assert out["log_probs"].shape == (4, n_classes)
     assert torch.isfinite(out["log_probs"]).all()
-    assert torch.allclose(out["log_probs"].exp().sum(-1), torch.ones(3), atol=1e-5)
-    loss, parts = ClassifierLoss([1.0, 2.0, 1.0])(out, torch.tensor([0, 1, 2]))
+    assert torch.allclose(out["log_probs"].exp().sum(-1), torch.ones(4), atol=1e-5)
+    y = torch.tensor([0, 1, 2, n_classes - 1])
+    loss, parts = ClassifierLoss([1.0, 2.0, 1.0, 1.0][:n_classes])(out, y)
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
                or p.grad.abs().sum() == 0]
     assert not missing, f"parameters without gradient: {missing}"
-    assert set(parts) == ({"stage1", "stage2", "aux"} if hierarchical else {"ce"})
+    stages = {"stage1", "stage2", "aux"} | ({"stage3"} if n_classes == 4 else set())
+    assert set(parts) == (stages if hierarchical else {"ce"})
+    if hierarchical and n_classes == 4:  # p(flat) + p(variable) = the unlensed probability of stage 1
+        p = out["log_probs"].exp()
+        torch.testing.assert_close(p[:, 0] + p[:, 3], torch.sigmoid(-out["stage1"]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", list_models("light_curve"))

@@ -9,7 +9,7 @@ from data import microlensing_h5 as mlh5
 from physics.microlensing.survey import model_magnitude
 from tests.conftest import run_script, terminate_when
 
-COUNTS = ["--n-flat", "30", "--n-pspl", "30", "--n-binary", "30"]
+COUNTS = ["--n-flat", "30", "--n-pspl", "30", "--n-binary", "30", "--n-variable", "30"]
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +36,26 @@ def assert_same_file(a, b):
 
 def test_schema_and_row_alignment(one_shot):
     d = mlh5.load(one_shot)
-    N, T = 90, 6912
+    N, T = 120, 6912
     assert d["time"].shape == (T,) and d["time"].dtype == np.float64
     for k in ("mag", "mag_err", "magnification"):
         assert d[k].shape == (N, T) and d[k].dtype == np.float32
     assert d["labels"].dtype == np.int8
-    assert list(d["attrs"]["class_names"]) == ["flat", "pspl", "binary"]
-    for key in ("schema_version", "cadence_min", "season_days", "preset", "seed", "code_version"):
+    assert list(d["attrs"]["class_names"]) == ["flat", "pspl", "binary", "variable"]
+    for key in ("schema_version", "cadence_min", "season_days", "preset", "population", "seed", "code_version"):
         assert key in d["attrs"]
+    assert d["attrs"]["population"] == "survey"
     labels, p = d["labels"], d["params"]
-    assert np.bincount(labels, minlength=3).tolist() == [30, 30, 30]
+    assert np.bincount(labels, minlength=4).tolist() == [30, 30, 30, 30]
     # NaN exactly where a parameter is not defined for the class
-    assert np.all(np.isnan(p["tE"][labels == 0])) and np.all(np.isfinite(p["tE"][labels > 0]))
-    assert np.all(np.isnan(p["q"][labels < 2])) and np.all(np.isfinite(p["q"][labels == 2]))
+    lensed = (labels == 1) | (labels == 2)
+    assert np.all(np.isnan(p["tE"][~lensed])) and np.all(np.isfinite(p["tE"][lensed]))
+    assert np.all(np.isnan(p["q"][labels != 2])) and np.all(np.isfinite(p["q"][labels == 2]))
+    assert np.all(np.isnan(p["var_kind"][labels != 3])) and np.all(np.isfinite(p["var_kind"][labels == 3]))
+    assert np.all(np.isfinite(p["m_base"]))  # every class has a star
     assert np.all(d["magnification"][labels == 0] == 1)
-    assert np.all(d["magnification"][labels > 0].max(axis=1) > 1.01)
+    assert np.all(d["magnification"][lensed].max(axis=1) > 1.01)
+    assert np.all(np.abs(d["magnification"][labels == 3] - 1).max(axis=1) > 1e-3)  # variables vary
     # mag = m_base - 2.5 log10(fs A + 1 - fs) + noise, row by row, with errors that fit
     model = model_magnitude(p["m_base"][:, None], p["fs"][:, None], d["magnification"].astype(np.float64))
     chi2 = np.nanmean(((d["mag"] - model) / d["mag_err"]) ** 2, axis=1)
@@ -105,8 +110,19 @@ def test_seed_command_and_preview(tmp_path, script):
     assert r.returncode == 0, r.stderr
     d = mlh5.load(out)
     assert d["attrs"]["preset"] == "planetary" and len(d["labels"]) == 15
+    assert list(d["attrs"]["class_names"]) == ["flat", "pspl", "binary"]  # no variables unless asked for
     q = d["params"]["q"][d["labels"] == 2]
     assert np.all((q >= 1e-4) & (q <= 1e-2))
+    # --population thesis: the seed's table
+    r = script("simulate.py", "--n_flat", "5", "--n_pspl", "5", "--n_binary", "5", "--population", "thesis",
+               "--output", str(tmp_path / "thesis.h5"), "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    d = mlh5.load(tmp_path / "thesis.h5")
+    lensed = d["params"][d["labels"] > 0]
+    assert d["attrs"]["population"] == "thesis"
+    assert np.all((lensed["tE"] >= 5) & (lensed["tE"] <= 30)) and np.all((lensed["u0"] >= 1e-3) & (lensed["u0"] <= 1))
+    assert np.all((lensed["t0"] >= 0.1 * 72) & (lensed["t0"] <= 0.9 * 72))
+    assert np.all((d["params"]["m_source"] >= 18) & (d["params"]["m_source"] <= 24))
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,4 +1,4 @@
-"""Microlensing events of three classes (flat, PSPL, binary) on a Roman-like season.
+"""Microlensing events (flat, PSPL, binary) and non-lensing variables on a Roman-like season.
 
 No shortcuts between classes:
 - every star (source magnitude, blending) comes from one distribution, whatever its class;
@@ -7,7 +7,16 @@ No shortcuts between classes:
   distributions (the preset's u0 range applies to both lensed classes) and pass the same
   detectability cut; single-lens events have finite sources too (ESPL), so a rounded peak
   where u0 ~ rho is no sign of a binary;
-- the noise model and missing epochs are the same for all classes.
+- the noise model and missing epochs are the same for all classes;
+- flat stars and variables are the stars of detected single-lens events (drawn and cut as a
+  PSPL event is, then kept without lensing), so a faint or blended baseline is no sign of a
+  lensing event where the detectability cut favours bright sources (the survey population
+  reaches 26 mag and 1% source flux);
+- a variable (`physics/microlensing/variables.py`) passes the same cut as a lensing event
+  (>= min_epochs epochs whose signal exceeds min_snr sigma).
+
+Populations (`POPULATIONS`): `survey` (the default) draws lensing events as a survey records
+them, `thesis` the seed's narrow table (tE 5-30 d, t0 inside the season, 18-24 mag).
 
 Randomness is per block of `BLOCK_SIZE` rows, seeded by (seed, block index), so a block's
 rows do not depend on how blocks are spread over workers or shards.
@@ -20,10 +29,12 @@ import numpy as np
 
 from physics.microlensing.binary import AdaptiveBinaryLightCurve, AdaptiveSettings
 from physics.microlensing.single import espl_magnification
-from physics.microlensing.survey import NoiseModel, Season, min_detectable_magnification, observe
+from physics.microlensing import variables
+from physics.microlensing.survey import NoiseModel, Season, lensing_snr, min_detectable_magnification, observe
 
-CLASS_NAMES = ("flat", "pspl", "binary")
-FLAT, PSPL, BINARY = 0, 1, 2
+CLASS_NAMES = ("flat", "pspl", "binary", "variable")
+FLAT, PSPL, BINARY, VARIABLE = 0, 1, 2, 3
+STAR_FIELDS = ("m_source", "fs", "m_base")
 BLOCK_SIZE = 64  # rows per random-number block (fixed: part of the output's definition)
 
 PARAMS_DTYPE = np.dtype([
@@ -37,6 +48,13 @@ PARAMS_DTYPE = np.dtype([
     ("m_source", "f8"),  # source magnitude, AB W146
     ("fs", "f8"),        # source flux fraction at baseline, F_s / (F_s + F_blend)
     ("m_base", "f8"),    # baseline magnitude of source + blend
+    # variables only (NaN otherwise; meaning per kind in physics/microlensing/variables.py):
+    ("var_kind", "f8"),  # index into variables.KINDS
+    ("period", "f8"),    # days
+    ("amplitude", "f8"),
+    ("phase", "f8"),     # days
+    ("rise", "f8"),
+    ("decay", "f8"),
 ])
 
 
@@ -69,17 +87,62 @@ PRESETS = {p.name: p for p in [
 
 
 @dataclass(frozen=True)
+class Population:
+    """How lensing events and their stars are drawn (shared by every class).
+
+    tE: bounds, days; with tE_median a log-normal (median, sigma in dex) truncated to the bounds,
+    plus a share `short_fraction` log-uniform over `short_tE`; without, log-uniform over tE.
+    t0_fraction: of the season, uniform (outside [0, 1]: the peak is not observed). u0: uniform;
+    None = the binary preset's range. rho: log-uniform, Einstein radii, at tE = 20 d where
+    rho_scales (rho = theta_* / theta_E ~ 1 / tE), capped at rho_max. m_source: AB mag, uniform.
+    fs: source flux fraction, uniform or log-uniform (fs_log).
+    """
+
+    name: str
+    tE: tuple[float, float]
+    tE_median: float | None
+    tE_sigma_dex: float
+    short_fraction: float
+    short_tE: tuple[float, float]
+    t0_fraction: tuple[float, float]
+    u0: tuple[float, float] | None
+    rho: tuple[float, float]
+    rho_scales: bool
+    rho_max: float
+    m_source: tuple[float, float]
+    fs: tuple[float, float]
+    fs_log: bool
+    doc: str
+
+
+POPULATIONS = {p.name: p for p in [
+    Population("survey", tE=(0.1, 300.0), tE_median=20.0, tE_sigma_dex=0.5, short_fraction=0.1,
+               short_tE=(0.1, 2.0), t0_fraction=(-0.5, 1.5), u0=(1e-3, 1.5), rho=(1e-3, 0.05),
+               rho_scales=True, rho_max=0.5, m_source=(18.0, 26.0), fs=(0.01, 1.0), fs_log=True,
+               doc="As a bulge survey records events: tE log-normal around 20 d (sigma 0.5 dex; OGLE-IV, "
+                   "Mroz et al. 2017, 2019) within 0.1-300 d, plus 10% log-uniform over 0.1-2 d (free-floating "
+                   "planets and brown dwarfs; more than the sky's few per cent, so every tE bin is trained and "
+                   "measured); t0 anywhere from half a season before to half a season after the window (events "
+                   "caught on the rise or the tail; the detectability cut keeps those that show); u0 up to 1.5 "
+                   "for every preset; rho ~ 1/tE (0.001-0.05 at 20 d, at most 0.5: short events show their "
+                   "finite source); sources 18-26 mag with 1-100% source flux (log-uniform): faint and "
+                   "strongly blended."),
+    Population("thesis", tE=(5.0, 30.0), tE_median=None, tE_sigma_dex=0.0, short_fraction=0.0,
+               short_tE=(5.0, 30.0), t0_fraction=(0.1, 0.9), u0=None, rho=(1e-3, 0.05), rho_scales=False,
+               rho_max=0.05, m_source=(18.0, 24.0), fs=(0.1, 1.0), fs_log=False,
+               doc="The seed's table (seed 004): tE 5-30 d log-uniform, t0 10-90% of the season, u0 from the "
+                   "binary preset, rho 0.001-0.05, sources 18-24 mag, 10-100% source flux."),
+]}
+
+
+@dataclass(frozen=True)
 class EventConfig:
     """Everything that defines a simulated data set besides the counts and the seed."""
 
     preset: str = "baseline"
+    population: str = "survey"
     season: Season = field(default_factory=Season)
     noise: NoiseModel = field(default_factory=NoiseModel)
-    tE: tuple[float, float] = (5.0, 30.0)          # days, log-uniform
-    t0_fraction: tuple[float, float] = (0.1, 0.9)  # of the season, uniform
-    rho: tuple[float, float] = (1e-3, 0.05)        # Einstein radii, log-uniform
-    m_source: tuple[float, float] = (18.0, 24.0)   # AB mag, uniform
-    fs: tuple[float, float] = (0.1, 1.0)           # uniform
     min_snr: float = 5.0     # detectability: at least `min_epochs` observed epochs whose
     min_epochs: int = 3      # lensing signal exceeds `min_snr` sigma (same for PSPL and binary)
     oversample: float = 1.0  # candidates drawn per still-missing event in each round of the cut
@@ -88,6 +151,8 @@ class EventConfig:
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown binary preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if self.population not in POPULATIONS:
+            raise ValueError(f"unknown population {self.population!r}; choose from {', '.join(POPULATIONS)}")
         if not self.oversample >= 1.0:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
 
@@ -105,20 +170,39 @@ def _log_uniform(rng, lo_hi, n):
 
 def draw_stars(rng, cfg: EventConfig, n: int):
     """Source magnitude, blending and baseline magnitude for n stars (any class)."""
-    m_source = _uniform(rng, cfg.m_source, n)
-    fs = _uniform(rng, cfg.fs, n)
+    pop = POPULATIONS[cfg.population]
+    m_source = _uniform(rng, pop.m_source, n)
+    fs = (_log_uniform if pop.fs_log else _uniform)(rng, pop.fs, n)
     return m_source, fs, m_source + 2.5 * np.log10(fs)  # blend light makes the baseline brighter
+
+
+def draw_tE(rng, pop: Population, n: int) -> np.ndarray:
+    """(n,) Einstein times, days, of the population (see Population)."""
+    if pop.tE_median is None:
+        return _log_uniform(rng, pop.tE, n)
+    out = np.empty(n)
+    short = rng.random(n) < pop.short_fraction
+    out[short] = _log_uniform(rng, pop.short_tE, int(short.sum()))
+    todo = np.flatnonzero(~short)
+    lo, hi = np.log10(pop.tE)
+    while len(todo):  # truncated log-normal: redraw what falls outside the bounds
+        x = rng.normal(np.log10(pop.tE_median), pop.tE_sigma_dex, len(todo))
+        ok = (x >= lo) & (x <= hi)
+        out[todo[ok]] = 10.0 ** x[ok]
+        todo = todo[~ok]
+    return out
 
 
 def draw_lensed(rng, cfg: EventConfig, n: int, binary: bool):
     """Parameters of n lensed events; the shared ones come first, identically for both classes."""
-    preset = PRESETS[cfg.preset]
+    preset, pop = PRESETS[cfg.preset], POPULATIONS[cfg.population]
     p = np.full(n, np.nan, dtype=PARAMS_DTYPE)
     p["m_source"], p["fs"], p["m_base"] = draw_stars(rng, cfg, n)
-    p["t0"] = _uniform(rng, cfg.t0_fraction, n) * cfg.season.length_days
-    p["tE"] = _log_uniform(rng, cfg.tE, n)
-    p["u0"] = _uniform(rng, preset.u0, n)
-    p["rho"] = _log_uniform(rng, cfg.rho, n)
+    p["t0"] = _uniform(rng, pop.t0_fraction, n) * cfg.season.length_days
+    p["tE"] = draw_tE(rng, pop, n)
+    p["u0"] = _uniform(rng, pop.u0 or preset.u0, n)
+    rho = _log_uniform(rng, pop.rho, n)
+    p["rho"] = np.minimum(rho * 20.0 / p["tE"], pop.rho_max) if pop.rho_scales else rho
     if binary:
         p["alpha"] = rng.uniform(0.0, 2.0 * np.pi, n)
         p["s"] = _log_uniform(rng, preset.s, n)
@@ -132,6 +216,21 @@ def detectable(cfg: EventConfig, params, magnification):
     same event passes or fails whichever row it lands in."""
     threshold = min_detectable_magnification(cfg.noise, params["m_base"], params["fs"], cfg.min_snr)
     return (magnification >= threshold[:, None].astype(magnification.dtype)).sum(axis=1) >= cfg.min_epochs
+
+
+def detectable_variable(cfg: EventConfig, params, flux_factor):
+    """The same cut for variables, whose source may fade: >= min_epochs epochs where the
+    source's flux change |F_s (V - 1)| exceeds min_snr sigma."""
+    snr = np.abs(lensing_snr(cfg.noise, params["m_base"], params["fs"], flux_factor))
+    return (snr >= cfg.min_snr).sum(axis=1) >= cfg.min_epochs
+
+
+def out_of_reach(params, t_lo: float, t_hi: float):
+    """Binary candidates whose trajectory stays farther than s + 1/s + 3 Einstein radii from the
+    lens's centre of mass over [t_lo, t_hi]: magnification ~1 (no caustic is that far), so no
+    binary curve needs computing to know they fail the cut."""
+    gap = np.maximum(np.maximum(t_lo - params["t0"], params["t0"] - t_hi), 0.0) / params["tE"]
+    return np.hypot(gap, params["u0"]) > params["s"] + 1.0 / params["s"] + 3.0
 
 
 class EventSimulator:
@@ -158,9 +257,12 @@ class EventSimulator:
             if binary:
                 # binaries are expensive: simulate candidates only until enough have passed
                 take, amp = [], []
+                far = out_of_reach(cand, self.t[0], self.t[-1])
                 for k in range(len(cand)):
                     if len(take) == len(todo):
                         break
+                    if far[k]:
+                        continue
                     a = self.binary_magnification(cand[k:k + 1])
                     if detectable(cfg, cand[k:k + 1], a)[0]:
                         take.append(k)
@@ -176,6 +278,24 @@ class EventSimulator:
             todo = todo[len(cand):]
         return params, magnification
 
+    def _variable(self, rng, star, tries: int = 100):
+        """(params, flux factor (T,)) of a variable on `star` that passes the cut; the star is
+        redrawn (as a flat star is) where `tries` variables of its kind all stay undetected."""
+        cfg = self.cfg
+        kind = int(rng.integers(len(variables.KINDS)))
+        row = np.array([star], dtype=PARAMS_DTYPE)
+        while True:
+            for _ in range(tries):
+                drawn = variables.draw(rng, kind, cfg.season.length_days)
+                factor = variables.flux_factor(self.t, drawn)
+                if detectable_variable(cfg, row, factor[None])[0]:
+                    for name in variables.VARIABLE_FIELDS:
+                        row[name] = drawn[name]
+                    return row[0], factor.astype(np.float32)
+            stars = self._lensed(rng, 1, False)[0]
+            for name in STAR_FIELDS:
+                row[name] = stars[name]
+
     def block(self, seed: int, block_index: int, labels):
         """Simulate one block: labels (n,) int -> dict of row-aligned arrays.
 
@@ -188,19 +308,25 @@ class EventSimulator:
         observed = rng.random((n, T), dtype=np.float32) >= cfg.season.missing_fraction
         params = np.full(n, np.nan, dtype=PARAMS_DTYPE)
         magnification = np.ones((n, T), dtype=np.float32)
-        flat = np.flatnonzero(labels == FLAT)
-        params["m_source"][flat], params["fs"][flat], params["m_base"][flat] = draw_stars(rng, cfg, len(flat))
         for cls in (PSPL, BINARY):
             rows = np.flatnonzero(labels == cls)
             if len(rows):
                 params[rows], magnification[rows] = self._lensed(rng, len(rows), cls == BINARY)
+        unlensed = np.flatnonzero((labels == FLAT) | (labels == VARIABLE))
+        if len(unlensed):
+            stars = self._lensed(rng, len(unlensed), False)[0]
+            for name in STAR_FIELDS:
+                params[name][unlensed] = stars[name]
+        for i in np.flatnonzero(labels == VARIABLE):
+            params[i], magnification[i] = self._variable(rng, params[i])
         mag, mag_err = observe(rng, cfg.noise, params["m_base"], params["fs"], magnification, observed)
         return {"mag": mag, "mag_err": mag_err, "magnification": magnification,
                 "params": params}
 
 
-def shuffled_labels(seed: int, n_flat: int, n_pspl: int, n_binary: int):
+def shuffled_labels(seed: int, n_flat: int, n_pspl: int, n_binary: int, n_variable: int = 0):
     """(N,) int8 class labels in a seeded random order: rows are never grouped by class."""
-    labels = np.repeat(np.array([FLAT, PSPL, BINARY], dtype=np.int8), [n_flat, n_pspl, n_binary])
+    labels = np.repeat(np.array([FLAT, PSPL, BINARY, VARIABLE], dtype=np.int8),
+                       [n_flat, n_pspl, n_binary, n_variable])
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     return labels[rng.permutation(len(labels))]
