@@ -15,7 +15,7 @@ from tqdm import tqdm
 from data import microlensing_h5 as mlh5
 from data.cache import SharedArrays, cache_key
 from data.lightcurves import FEATURE_SETS, grid_features, grid_size
-from data.photometry import PhotometryError, is_photometry_file, read_photometry, season_window
+from data.photometry import PhotometryError, is_photometry_file, read_bands, season_window
 
 TASK = "microlensing"
 CLASS_NAMES = ("flat", "pspl", "binary", "variable")  # a file's own attrs say how many it holds
@@ -156,7 +156,8 @@ def file_features(path, grid: dict, progress: bool = True):
     """Features of any supported input for prediction: (features (N, T, 4), ids, info dicts).
 
     A simulator HDF5 gives one row per event (id = row index); a text photometry file one curve
-    (id = file name), cut to a season-long window when it is longer.
+    (id = file name), cut to a season-long window when it is longer; a table with several bands
+    one event whose bands are its telescopes (`event_features`).
     """
     path = str(path)
     if path.endswith((".h5", ".hdf5")):
@@ -167,9 +168,17 @@ def file_features(path, grid: dict, progress: bool = True):
         raise DataError(f"{path}: unknown file type (expected .h5 or text photometry: "
                         "time, magnitude, error in .dat, .txt, .csv or .tbl, optionally .gz)")
     try:
-        time, mag, err = read_photometry(path)
+        bands = read_bands(path)
     except PhotometryError as e:
         raise DataError(str(e)) from None
+    if len(bands) > 1:
+        features, info = event_features([path], grid)
+        return features, [os.path.basename(path)], [info]
+    return (*_curve_features(path, *next(iter(bands.values())), grid), )
+
+
+def _curve_features(path, time, mag, err, grid):
+    """(features (1, T, C), [id], [info]) of one curve."""
     start = season_window(time, mag, grid["season_days"])
     features = grid_features(time, mag[None], err[None], start, grid)
     if features[0, :, 3].sum() < 3:
@@ -180,7 +189,7 @@ def file_features(path, grid: dict, progress: bool = True):
 
 def event_features(paths, grid: dict, name: str | None = None):
     """Features (1, T, C) of one event observed by several telescopes (or in several bands),
-    one photometry file each, and its info dict.
+    one photometry file each (a file with several bands gives one curve per band), and its info dict.
 
     Each file keeps its own flux scale and blending: one point-lens fit shares t0, tE and u0
     over the files and gives each its own source and blend fluxes (physics.microlensing.fit),
@@ -191,18 +200,21 @@ def event_features(paths, grid: dict, name: str | None = None):
     from physics.microlensing.fit import fit_pspl
     paths = [str(p) for p in paths]
     name = name or "+".join(os.path.basename(p) for p in paths)
-    curves = []
+    curves, sources = [], []
     for path in paths:
         if not is_photometry_file(path):
             raise DataError(f"{path}: event {name}: not a photometry file (time, magnitude, error in .dat, .txt, "
                             ".csv or .tbl, optionally .gz)")
         try:
-            curves.append(read_photometry(path))
+            for band, curve in read_bands(path).items():
+                curves.append(curve)
+                sources.append(f"{path} [{band}]" if band else path)
         except PhotometryError as e:
             raise DataError(f"event {name}: {e}") from None
     if len(curves) == 1:
-        return file_features(paths[0], grid)[0], {"window_start": season_window(*curves[0][:2], grid["season_days"]),
-                                                 "n_epochs": len(curves[0][0]), "n_files": 1}
+        features, _, info = _curve_features(paths[0], *curves[0], grid)
+        return features, {**info[0], "n_files": 1}
+    n_files, paths = len(paths), sources  # one curve per file and band: the messages below name which
     ref = int(np.argmax([len(c[0]) for c in curves]))
     start = season_window(curves[ref][0], curves[ref][1], grid["season_days"])
     stop = start + grid["n_bins"] * grid["bin_days"]
@@ -240,4 +252,4 @@ def event_features(paths, grid: dict, name: str | None = None):
     mag_err = 2.5 / np.log(10.0) * aligned_err[good][order] / aligned[good][order]
     features = grid_features(time[good][order], mag[None], mag_err[None], start, grid)
     return features.astype(np.float16), {"window_start": float(start), "n_epochs": int(good.sum()),
-                                         "n_files": len(paths)}
+                                         "n_files": n_files, "n_curves": len(paths)}

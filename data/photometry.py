@@ -1,10 +1,21 @@
-"""Text photometry as users have it: columns time, magnitude, error (more columns ignored).
+"""Text photometry as users have it: one reader for every text format a survey publishes.
 
-Accepted: whitespace or comma separated values, optionally gzipped; comment lines starting
-with '#', '%' or '!'; IPAC tables (keyword lines starting with '\\', column header lines with
-'|'); a non-numeric header line. Time in BJD/HJD (245xxxx.x) is converted to HJD−2450000;
-times already in HJD−2450000 (or any other offset) are kept, since only time differences enter
-the model.
+- Plain columns time, magnitude, error (more columns ignored): whitespace or comma separated,
+  optionally gzipped; comment lines starting with '#', '%' or '!'; IPAC tables (keyword lines
+  starting with '\\', column header lines with '|'); a non-numeric header line.
+- KMTNet pySIS files (`*.pysis`, or 8+ columns whose second is a difference flux that goes
+  negative while the fourth is a magnitude): HJD-2450000, Δflux, flux_err, mag, mag_err,
+  fwhm, sky, secz; the magnitude columns are used. One file per site and field: give the files
+  of an event together (predict.py --event or --event-folders).
+- CSV (or whitespace) tables with a header naming their columns: time (time, hjd, bjd, jd, mjd,
+  t), magnitude (mag, magnitude), error (mag_err, magerr, err, e_mag, sigma, ...) and
+  optionally a band (band, filter, passband, fid). `read_photometry` takes one band (`band=`,
+  else the one with the most epochs); `read_bands` gives every band, which an event treats as
+  one telescope each.
+
+Time in BJD/HJD (245xxxx.x) is converted to HJD−2450000, MJD (a column named mjd) too; times
+already in HJD−2450000 (or any other offset) are kept, since only time differences enter the
+model.
 """
 from __future__ import annotations
 
@@ -13,9 +24,16 @@ import os
 
 import numpy as np
 
-SUFFIXES = (".dat", ".txt", ".csv", ".tbl", ".ipac", ".phot", ".lc")
+SUFFIXES = (".dat", ".txt", ".csv", ".tbl", ".ipac", ".phot", ".lc", ".pysis")
 FULL_JD = 2_400_000.0
 JD_OFFSET = 2_450_000.0
+MJD_TO_HJD = 49_999.5  # HJD - 2450000 = MJD - 49999.5 (to the light-travel time: minutes)
+TIME_NAMES = ("time", "hjd", "bjd", "jd", "mjd", "t", "date", "hjd-2450000", "bjd_tdb", "obsmjd")
+MAG_NAMES = ("mag", "magnitude", "m", "mag_auto", "psfmag", "mag_psf")
+ERR_NAMES = ("mag_err", "magerr", "err", "e_mag", "emag", "sigma", "mag_error", "magnitude_err", "sigmapsf", "dmag",
+             "error", "sig")
+BAND_NAMES = ("band", "filter", "passband", "fid", "filtercode", "bandpass")
+PYSIS_MAG, PYSIS_ERR = 3, 4  # columns of a KMTNet pySIS file
 
 
 class PhotometryError(ValueError):
@@ -29,42 +47,106 @@ def is_photometry_file(path) -> bool:
     return name.endswith(SUFFIXES)
 
 
-def read_photometry(path):
-    """Return time (days), mag, mag_err as float64 arrays sorted by time, finite rows only."""
+def _lines(path):
     opener = gzip.open if str(path).endswith(".gz") else open
-    rows = []
     try:
         with opener(path, "rt", errors="replace") as f:
-            for line_number, line in enumerate(f, 1):
-                text = line.strip()
-                if not text or text[0] in "#%!\\|":
-                    continue
-                fields = text.replace(",", " ").split()
-                try:
-                    values = [float(v) for v in fields[:3]]
-                except ValueError:
-                    if rows:
-                        raise PhotometryError(f"{path}: line {line_number} is not numeric: {text[:60]!r}") from None
-                    continue  # a header line before the data
-                if len(values) < 3:
-                    raise PhotometryError(f"{path}: line {line_number} has {len(values)} columns, "
-                                          "expected time, magnitude, error")
-                rows.append(values)
+            yield from enumerate(f, 1)
     except (OSError, EOFError, UnicodeError) as err:
         raise PhotometryError(f"{path}: cannot read ({err})") from None
+
+
+def _header_columns(fields):
+    """{role: index} of a header line that names its columns, or None."""
+    names = [f.strip().strip('"').lower() for f in fields]
+    roles = {}
+    for role, known in (("time", TIME_NAMES), ("mag", MAG_NAMES), ("err", ERR_NAMES), ("band", BAND_NAMES)):
+        for k, name in enumerate(names):
+            if name in known and k not in roles.values():
+                roles[role] = k
+                break
+    return roles if {"time", "mag", "err"} <= roles.keys() else None
+
+
+def read_bands(path) -> dict:
+    """{band: (time, mag, mag_err)} of a photometry file, each sorted by time, finite rows only
+    (one band, named "", for files without a band column)."""
+    rows, bands, roles, pysis, mjd = [], [], None, str(path).lower().removesuffix(".gz").endswith(".pysis"), False
+    for line_number, line in _lines(path):
+        text = line.strip()
+        if not text or text[0] in "#%!\\|":
+            continue
+        fields = [f for f in text.replace(",", " ").split()] if "," not in text else [f.strip() for f in text.split(",")]
+        if roles is None and not rows:
+            named = _header_columns(fields)
+            if named:
+                roles = named
+                mjd = fields[roles["time"]].strip().strip('"').lower() in ("mjd", "obsmjd")
+                continue
+        try:
+            if roles:
+                values = [float(fields[roles[k]]) for k in ("time", "mag", "err")]
+            else:
+                values = [float(v) for v in fields[:8]]
+        except (ValueError, IndexError):
+            if rows:
+                raise PhotometryError(f"{path}: line {line_number} is not numeric: {text[:60]!r}") from None
+            continue  # a header line before the data
+        if len(values) < 3:
+            raise PhotometryError(f"{path}: line {line_number} has {len(values)} columns, "
+                                  "expected time, magnitude, error")
+        rows.append(values)
+        bands.append(fields[roles["band"]].strip().strip('"') if roles and "band" in roles else "")
     if not rows:
         raise PhotometryError(f"{path}: no data rows (expected columns time, magnitude, error)")
-    data = np.asarray(rows, dtype=np.float64)
-    good = np.isfinite(data).all(axis=1) & (data[:, 2] > 0)
-    if good.sum() < 3:
-        raise PhotometryError(f"{path}: {good.sum()} usable epochs (finite time, magnitude and "
-                              f"positive error) of {len(data)}; need at least 3")
-    data = data[good]
-    time = data[:, 0]
-    if np.median(time) > FULL_JD:
-        time = time - JD_OFFSET
-    order = np.argsort(time, kind="stable")
-    return time[order], data[order, 1], data[order, 2]
+    width = min(len(r) for r in rows)
+    data = np.asarray([r[:width] for r in rows], dtype=np.float64)
+    if not roles and (pysis or _looks_like_pysis(data)):
+        if width <= PYSIS_ERR:
+            raise PhotometryError(f"{path}: a pySIS file needs columns HJD, dflux, flux_err, mag, mag_err; "
+                                  f"found {width}")
+        data = data[:, [0, PYSIS_MAG, PYSIS_ERR]]
+    data = data[:, :3]
+    bands = np.asarray(bands)
+    out = {}
+    for band in dict.fromkeys(bands):  # in order of first appearance
+        d = data[bands == band]
+        good = np.isfinite(d).all(axis=1) & (d[:, 2] > 0) & (d[:, 2] < 10) & (np.abs(d[:, 1]) < 90)
+        if good.sum() < 3:
+            continue
+        d = d[good]
+        time = d[:, 0] - MJD_TO_HJD if mjd else d[:, 0]
+        if np.median(time) > FULL_JD:
+            time = time - JD_OFFSET
+        order = np.argsort(time, kind="stable")
+        out[band] = (time[order], d[order, 1], d[order, 2])
+    if not out:
+        raise PhotometryError(f"{path}: {0 if not len(data) else int((np.isfinite(data).all(axis=1) & (data[:, 2] > 0)).sum())} "
+                              f"usable epochs (finite time, magnitude and positive error) of {len(data)}"
+                              f"{' in any band' if len(set(bands)) > 1 else ''}; need at least 3")
+    return out
+
+
+def _looks_like_pysis(data) -> bool:
+    """8+ columns, a second column of difference fluxes (negative somewhere, |values| far above
+    a magnitude's errors) and magnitudes with small errors in the fourth and fifth."""
+    if data.shape[1] < 8:
+        return False
+    dflux, mag, mag_err = data[:, 1], data[:, PYSIS_MAG], data[:, PYSIS_ERR]
+    with np.errstate(invalid="ignore"):
+        return bool((dflux < 0).any() and np.nanmedian(np.abs(dflux)) > 1.0
+                    and 5 < np.nanmedian(mag) < 30 and 0 < np.nanmedian(mag_err) < 1)
+
+
+def read_photometry(path, band: str | None = None):
+    """Return time (days), mag, mag_err as float64 arrays sorted by time, finite rows only: of
+    `band` where the file has a band column (default: the band with the most epochs)."""
+    bands = read_bands(path)
+    if band is not None and band not in bands:
+        raise PhotometryError(f"{path}: no band {band!r} with at least 3 epochs (bands: {', '.join(bands) or 'none'})")
+    if band is None:
+        band = max(bands, key=lambda b: len(bands[b][0]))
+    return bands[band]
 
 
 def season_window(time, mag, season_days: float, smooth: int = 5) -> float:

@@ -117,6 +117,50 @@ def test_event_of_two_telescopes_is_tied_into_one_curve(tmp_path):
     assert np.sqrt(np.mean(naive_pulls ** 2)) > 5 * np.sqrt(np.mean(pulls ** 2))
 
 
+def test_survey_formats_pysis_and_csv_bands(tmp_path):
+    """KMTNet pySIS files (HJD', dflux, flux_err, mag, mag_err, fwhm, sky, secz) are read from their
+    magnitude columns; a CSV table with a band column is one event whose bands are its telescopes,
+    the same as the two files given together; one band can be chosen."""
+    from data.photometry import read_bands, read_photometry
+    rng = np.random.default_rng(3)
+    ta = np.sort(rng.uniform(8000, 8072, 400))
+    tb = np.sort(rng.uniform(8010, 8060, 250))
+    A = lambda t: pspl_magnification(t, 8036.0, 15.0, 0.08)  # noqa: E731
+    _telescope_file(tmp_path / "a.dat", ta, A(ta), 18.0, 0.4, 0.01, rng)
+    _telescope_file(tmp_path / "b.dat", tb, A(tb), 19.3, 0.9, 0.01, rng)
+    a, b = np.loadtxt(tmp_path / "a.dat"), np.loadtxt(tmp_path / "b.dat")
+    # pySIS: HJD-2450000 first, difference fluxes that go negative, magnitudes in columns 4-5,
+    # and a 99.999 magnitude where the photometry failed (dropped)
+    dflux = 1000 * (10 ** (-0.4 * (a[:, 1] - 18.0)) - 1.0)
+    pysis = np.c_[a[:, 0] - 2450000, dflux, np.full(len(a), 30.0), a[:, 1], a[:, 2], np.full(len(a), 3.1),
+                  np.full(len(a), 900.0), np.full(len(a), 1.2)]
+    pysis[5, 3] = 99.999
+    np.savetxt(tmp_path / "KMTC01_I.pysis", pysis, fmt="%.5f")
+    np.savetxt(tmp_path / "kmt_like.dat", pysis, fmt="%.5f")  # no suffix: recognised by its columns
+    for name in ("KMTC01_I.pysis", "kmt_like.dat"):
+        t, m, e = read_photometry(tmp_path / name)
+        keep = np.arange(len(a)) != 5
+        np.testing.assert_allclose(t, a[keep, 0] - 2450000, atol=1e-5)
+        np.testing.assert_allclose(m, a[keep, 1], atol=1e-5)
+        np.testing.assert_allclose(e, a[keep, 2], atol=1e-5)
+    # CSV with a header and a band column (MJD times), rows interleaved
+    rows = [(t - 2400000.5, m, e, "I") for t, m, e in a] + [(t - 2400000.5, m, e, "V") for t, m, e in b]
+    rows.sort()
+    (tmp_path / "event.csv").write_text("mjd,mag,magerr,filter\n" + "\n".join(
+        f"{t:.6f},{m:.5f},{e},{band}" for t, m, e, band in rows))
+    bands = read_bands(tmp_path / "event.csv")
+    assert list(bands) == ["I", "V"] or list(bands) == ["V", "I"]
+    np.testing.assert_allclose(bands["V"][0], b[:, 0] - 2450000, atol=1e-5)  # MJD -> HJD-2450000
+    np.testing.assert_allclose(read_photometry(tmp_path / "event.csv", band="V")[1], b[:, 1], atol=1e-5)
+    assert len(read_photometry(tmp_path / "event.csv")[0]) == len(a)  # default: the band with most epochs
+    with pytest.raises(Exception, match="no band 'R'"):
+        read_photometry(tmp_path / "event.csv", band="R")
+    one, _, infos = task_data.file_features(str(tmp_path / "event.csv"), GRID, progress=False)
+    two, info = task_data.event_features([str(tmp_path / "a.dat"), str(tmp_path / "b.dat")], GRID, "ev")
+    assert infos[0]["n_curves"] == 2 and info["n_curves"] == 2
+    np.testing.assert_allclose(one.astype(np.float32), two.astype(np.float32), atol=2e-2)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_h5):
     out = tmp_path_factory.mktemp("runs")

@@ -269,6 +269,7 @@ class EventSimulator:
                         amp.append(a[0])
                 cand, amp = cand[take], np.array(amp, dtype=np.float32).reshape(len(take), len(self.t))
             else:
+                cand = cand[~self._below_cut_at_edge(cand)]
                 amp = espl_magnification(self.t, cand["t0"][:, None], cand["tE"][:, None], cand["u0"][:, None],
                                          cand["rho"][:, None], dtype=np.float32)
                 ok = np.flatnonzero(detectable(cfg, cand, amp))[:len(todo)]
@@ -277,6 +278,21 @@ class EventSimulator:
             params[done], magnification[done] = cand, amp
             todo = todo[len(cand):]
         return params, magnification
+
+    def _below_cut_at_edge(self, cand):
+        """Single-lens candidates whose peak lies outside the season and whose magnification at
+        the nearest edge is already below the detection threshold: a single lens's magnification
+        falls monotonically away from t0, so no epoch can pass the cut (the same decision the
+        full curve gives, without computing it)."""
+        edge = np.clip(cand["t0"], self.t[0], self.t[-1])
+        outside = edge != cand["t0"]
+        amp = espl_magnification(edge[outside, None], cand["t0"][outside, None], cand["tE"][outside, None],
+                                 cand["u0"][outside, None], cand["rho"][outside, None], dtype=np.float32)
+        threshold = min_detectable_magnification(self.cfg.noise, cand["m_base"][outside], cand["fs"][outside],
+                                                 self.cfg.min_snr).astype(np.float32)
+        hopeless = np.zeros(len(cand), bool)
+        hopeless[outside] = amp[:, 0] < threshold
+        return hopeless
 
     def _variable(self, rng, star, tries: int = 100):
         """(params, flux factor (T,)) of a variable on `star` that passes the cut; the star is
