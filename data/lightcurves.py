@@ -14,7 +14,13 @@ is masked). Each bin then carries four channels, all of which exist in real data
 | 4       | asinh(binned residual / error) from the curve's best single-lens fit     |
 | 5       | log10(binned fitted flux / the fit's baseline): the fitted shape        |
 
-Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS). Every channel but the
+Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS).
+
+The event's own timescale (`scaled_bins` > 0 in a run's grid, residual sets only): after the
+day grid come `scaled_bins` more bins of the same channels on a grid in units of the fitted
+Einstein time, tau = (t - t0_fit) / tE_fit over [-scaled_span, +scaled_span], so a PSPL event
+of tE 0.3 d and one of 100 d look alike there (where the season covers them) while the day grid
+keeps the absolute timescale. A curve whose fit failed has that part masked. Every channel but the
 mask is standardised with statistics of the training split (`feature_stats`, saved in every
 checkpoint) by `normalize`. Everything is computed from the epochs given, so a
 curve truncated at a fraction of the season gets its own baseline (early detection is honest).
@@ -32,14 +38,45 @@ RESIDUAL_FIT = {"pspl_residual": "pspl", "fspl_residual": "fspl"}
 LN10 = np.log(10.0)
 
 
-def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: str | None = None):
+def _bin_rows(index, n_bins, weight, values):
+    """Weighted means of `values` (list of (N, L)) in bins `index` (N, L) (outside [0, n_bins): dropped).
+    Returns the (N, n_bins) sums of weights and the weighted means (NaN in empty bins)."""
+    N = weight.shape[0]
+    inside = (index >= 0) & (index < n_bins)
+    flat = (np.arange(N)[:, None] * n_bins + np.where(inside, index, 0))[inside]
+    w = weight[inside]
+    sum_w = np.bincount(flat, weights=w, minlength=N * n_bins).reshape(N, n_bins)
+    with np.errstate(all="ignore"):
+        means = [np.where(sum_w > 0, np.bincount(flat, weights=w * v[inside], minlength=N * n_bins).reshape(N, n_bins)
+                          / sum_w, np.nan) for v in values]
+    return sum_w, means
+
+
+def scaled_view(time, flux, weight, model, t0, tE, n_bins: int, span: float):
+    """The curves binned in units of their fitted Einstein time: tau = (t - t0) / tE over
+    [-span, span] in n_bins bins. time (L,) days; flux, weight, model (N, L); t0, tE (N,).
+    Returns binned flux, error, observed, binned model (N, n_bins) as `bin_light_curves`."""
+    with np.errstate(all="ignore"):
+        tau = (np.asarray(time)[None, :] - np.asarray(t0)[:, None]) / np.asarray(tE)[:, None]
+        index = np.floor((tau + span) / (2.0 * span / n_bins))
+    index = np.where(np.isfinite(index), index, -1).astype(np.int64)
+    sum_w, (binned, binned_model) = _bin_rows(index, n_bins, weight, [flux, model])
+    observed = sum_w > 0
+    with np.errstate(all="ignore"):
+        binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
+    return binned, binned_err, observed, binned_model
+
+
+def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: str | None = None,
+                     scaled: tuple | None = None):
     """Bin curves sharing one time grid.
 
     time (L,) days; mag, mag_err (N, L), NaN where not observed.
     Returns flux, flux_err (N, n_bins) relative to each curve's median magnitude (NaN in empty
     bins) and observed (N, n_bins) bool; with fit_model ("pspl": point source, "fspl": point or
     finite source), also the best single-lens fit to the epochs inside the grid, binned with the
-    same weights (N, n_bins), and its baseline flux (N,).
+    same weights (N, n_bins), and its baseline flux (N,); with scaled = (bins, span), then the
+    four arrays of `scaled_view` of the epochs inside the grid.
     """
     time = np.asarray(time, dtype=np.float64)
     mag = np.atleast_2d(np.asarray(mag, dtype=np.float64))
@@ -78,16 +115,25 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     sum_wm = np.bincount(flat, weights=w * model.ravel(), minlength=N * n_bins).reshape(N, n_bins)
     with np.errstate(all="ignore"):
         binned_model = np.where(observed, sum_wm / sum_w, np.nan)
-    return binned, binned_err, observed, binned_model, fit["fs"][:, 0] + fit["fb"][:, 0]
+    baseline = fit["fs"][:, 0] + fit["fb"][:, 0]
+    if not scaled:
+        return binned, binned_err, observed, binned_model, baseline
+    view = scaled_view(time[inside], flux[:, inside], weight[:, inside], model, fit["t0"], fit["tE"], *scaled)
+    return binned, binned_err, observed, binned_model, baseline, view
 
 
-def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None) -> np.ndarray:
+def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None, fit_baseline: bool = False) -> np.ndarray:
     """(N, T) binned flux, error, observed [, binned PSPL model, its baseline (N,)] →
-    (N, T, 4) or (N, T, 6) float32 features (see module docstring)."""
+    (N, T, 4) or (N, T, 6) float32 features (see module docstring). fit_baseline: channel 0
+    relative to the fit's baseline where it is positive (the scaled view, which may see the peak
+    only), else to the binned flux's 25th percentile."""
     N, T = flux.shape
     out = np.zeros((N, T, N_CHANNELS if model is None else 6), dtype=np.float32)
     with np.errstate(all="ignore"):
         baseline = np.nanpercentile(np.where(observed, flux, np.nan), 25, axis=1, keepdims=True)
+        if fit_baseline:
+            fitted = np.asarray(model_baseline, dtype=np.float64)[:, None]
+            baseline = np.where(np.isfinite(fitted) & (fitted > 0), fitted, baseline)
         log_ratio = np.log10(flux / baseline)
         log_rel_err = np.log10(flux_err / flux)
     index = np.where(observed, np.arange(T), -1)
@@ -111,16 +157,31 @@ def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None
 
 
 def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float,
-                         residuals: str | None = None) -> np.ndarray:
+                         residuals: str | None = None, scaled: tuple | None = None) -> np.ndarray:
     """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4), or 6 with residuals from a
-    "pspl" or "fspl" fit (see `bin_light_curves`), float32."""
-    return features_from_bins(*bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals))
+    "pspl" or "fspl" fit (see `bin_light_curves`), float32; with scaled = (bins, span) (residuals
+    only) the scaled view's bins follow: (N, n_bins + bins, 6)."""
+    if scaled and residuals is None:
+        raise ValueError("the scaled view needs a single-lens fit: a residual feature set")
+    out = bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals, scaled=scaled)
+    if not scaled:
+        return features_from_bins(*out)
+    binned, binned_err, observed, model, baseline, view = out
+    return np.concatenate([features_from_bins(binned, binned_err, observed, model, baseline),
+                           features_from_bins(*view, baseline, fit_baseline=True)], axis=1)
 
 
 def grid_features(time, mag, mag_err, t_start: float, grid: dict) -> np.ndarray:
-    """Features on a run's grid (n_bins, bin_days, feature set; runs without one are `basic`)."""
+    """Features on a run's grid (n_bins, bin_days, feature set, scaled view; runs without them are
+    `basic`, without the view)."""
+    scaled = (grid["scaled_bins"], grid["scaled_span"]) if grid.get("scaled_bins") else None
     return light_curve_features(time, mag, mag_err, t_start, grid["n_bins"], grid["bin_days"],
-                                residuals=RESIDUAL_FIT.get(grid.get("features", "basic")))
+                                residuals=RESIDUAL_FIT.get(grid.get("features", "basic")), scaled=scaled)
+
+
+def grid_length(grid: dict) -> int:
+    """Time steps of a run's features: the day grid and the scaled view."""
+    return grid["n_bins"] + int(grid.get("scaled_bins") or 0)
 
 
 def grid_size(season_days: float, bin_minutes: float) -> tuple[int, float]:

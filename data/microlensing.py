@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from data import microlensing_h5 as mlh5
 from data.cache import SharedArrays, cache_key
-from data.lightcurves import FEATURE_SETS, grid_features, grid_size
+from data.lightcurves import FEATURE_SETS, grid_features, grid_length, grid_size
 from data.photometry import PhotometryError, is_photometry_file, read_bands, season_window
 
 TASK = "microlensing"
@@ -30,7 +30,8 @@ def grid_from_args(args) -> dict:
     """The feature grid a run uses, stored in its config and reused by evaluate and predict."""
     n_bins, bin_days = grid_size(args.season_days, args.bin_minutes)
     return {"season_days": float(args.season_days), "bin_minutes": float(args.bin_minutes),
-            "n_bins": n_bins, "bin_days": bin_days, "features": args.features}
+            "n_bins": n_bins, "bin_days": bin_days, "features": args.features,
+            "scaled_bins": int(getattr(args, "scaled_bins", 0) or 0), "scaled_span": float(getattr(args, "scaled_span", 4.0))}
 
 
 def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = True,
@@ -54,7 +55,7 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
         n = len(f["labels"])
         rows = np.arange(n) if rows is None else np.asarray(rows)
         order = np.argsort(rows, kind="stable")
-        features = np.zeros((len(rows), grid["n_bins"], FEATURE_SETS[grid.get("features", "basic")]), dtype=np.float16)
+        features = np.zeros((len(rows), grid_length(grid), FEATURE_SETS[grid.get("features", "basic")]), dtype=np.float16)
         per_row = truncate_fraction is not None and np.ndim(truncate_fraction) > 0
         last = time <= truncate_fraction * season if truncate_fraction is not None and not per_row else slice(None)
         bar = tqdm(total=len(rows), desc=f"features {os.path.basename(str(path))}", unit="ev",

@@ -35,7 +35,8 @@ COMPARE_METRIC = "auroc_macro"  # evaluate.py --compare plots it against trainin
 DEFAULTS = dict(model="patch_transformer", epochs=30, batch_size=64, lr=5e-4, weight_decay=1e-4,
                 warmup_epochs=1.0, val_fraction=0.1, test_fraction=0.1, dropout=0.1)
 IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",
-                 "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "survey_augment",
+                 "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "scaled_bins", "scaled_span",
+                 "survey_augment",
                  "truncate_augment", "data_fingerprint", "seed", "val_fraction", "test_fraction")
 
 
@@ -55,6 +56,11 @@ def add_train_args(parser):
     g.add_argument("--truncate-augment", type=float, default=0.3, metavar="P",
                    help="fraction of curves seen cut at a random 10-100%% of the season, features and fit from the "
                         "epochs kept (as evaluate.py's early detection sees them); 0 = off")
+    g.add_argument("--scaled-bins", type=int, default=0, metavar="N",
+                   help="add N bins of each curve in units of its fitted Einstein time (tau = (t - t0) / tE over "
+                        "+-(--scaled-span)) after the day grid, so events of any tE look alike there; residual "
+                        "feature sets only; 0 = the day grid only")
+    g.add_argument("--scaled-span", type=float, default=4.0, metavar="K", help="the scaled view covers t0 +- K tE")
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
@@ -81,6 +87,12 @@ def check_train_args(args):
     args.patch_size = 16 if args.patch_size is None else args.patch_size
     if args.model not in list_models("light_curve"):
         raise TaskError(f"unknown model {args.model!r}; choose from {', '.join(list_models('light_curve'))}")
+    if args.scaled_bins < 0 or args.scaled_span <= 0:
+        raise TaskError("--scaled-bins must be >= 0 and --scaled-span > 0")
+    if args.scaled_bins and args.features == "basic":
+        raise TaskError("--scaled-bins needs a single-lens fit: --features fspl_residual or pspl_residual")
+    if args.scaled_bins % args.patch_size and args.model == "patch_transformer":
+        raise TaskError(f"--scaled-bins {args.scaled_bins} must be a multiple of --patch-size {args.patch_size}")
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")

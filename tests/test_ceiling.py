@@ -41,6 +41,46 @@ def test_fit_recovers_pspl_parameters_and_dchi2_is_near_zero():
     np.testing.assert_allclose(blend, 0.6, atol=0.05)  # fs = 0.4 at baseline
 
 
+def test_fit_recovers_events_from_hours_to_hundreds_of_days():
+    """The survey population's timescales: a 0.1-day free-floating-planet event is a point of the
+    coarse pass (a 72-day season binned to 400) and is found from its own epochs; a 150-day event
+    shows its middle only."""
+    t0, tE, u0 = np.array([30.0, 44.0, 36.0, 50.0]), np.array([0.1, 0.4, 8.0, 150.0]), np.array([0.1, 0.3, 0.2, 0.1])
+    A = pspl_magnification(T, t0[:, None], tE[:, None], u0[:, None])
+    mag, err, p = _observe(A, 19.0, 0.5, seed=4)
+    d = ceiling.event_dchi2(T, mag, err, A, p)
+    assert np.all(np.abs(d["dchi2_pspl"]) < 25), d["dchi2_pspl"]
+    ref = np.nanmedian(mag, 1, keepdims=True)
+    flux = 10 ** (-0.4 * (mag - ref))
+    fit = fit_pspl(T, flux, 0.4 * np.log(10) * flux * err, finite_source=True)
+    assert np.all(np.abs(fit["t0"] - t0) < 0.01 * tE + 0.01), fit["t0"]
+    np.testing.assert_allclose(fit["tE"][:3], tE[:3], rtol=0.05)
+    assert abs(fit["tE"][3] / tE[3] - 1) < 0.3  # 72 of its 300 days: tE, u0, fs degenerate
+
+
+def test_scaled_view_is_the_same_for_every_timescale():
+    """The time-normalised view (tau = (t - t0) / tE from each curve's fit) of a PSPL event is the
+    same whatever its tE, where the season covers it."""
+    from data.lightcurves import light_curve_features
+    rng = np.random.default_rng(0)
+    views = {}
+    for tE in (0.15, 0.5, 3.0, 30.0, 100.0):
+        A = pspl_magnification(T, 36.0, tE, 0.1)
+        mag = 19 - 2.5 * np.log10(0.5 * A + 0.5) + 0.002 * rng.standard_normal(len(T))
+        f = light_curve_features(T, mag[None], np.full((1, len(T)), 0.002), 0.0, 864, 120 / 1440,
+                                 residuals="fspl", scaled=(128, 4.0))
+        assert f.shape == (1, 864 + 128, 6)
+        views[tE] = f[0, 864:]
+    ref = views[30.0]
+    assert ref[:, 3].sum() > 30
+    for tE, view in views.items():
+        both = (view[:, 3] > 0) & (ref[:, 3] > 0)
+        assert both.sum() >= min(view[:, 3].sum(), 12)
+        for channel in (0, 5):  # flux over the fitted baseline, the fitted shape
+            np.testing.assert_allclose(view[both, channel], ref[both, channel], atol=0.06)
+        assert np.median(np.abs(view[both, 0] - ref[both, 0])) < 0.01
+
+
 def test_fit_shares_the_lens_across_telescopes_with_their_own_fluxes():
     rng = np.random.default_rng(4)
     t = np.sort(rng.uniform(0, 60, 600))

@@ -156,8 +156,15 @@ def test_seed_long_command(tmp_path, tiny_h5):
 
 
 def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5, photometry_dir):
-    for name in ("a", "b"):
-        assert train(tmp_path, tiny_h5, "--epochs", "1", "--seed", str(len(name)), name=name).returncode == 0
+    for name, extra in (("a", []), ("b", ["--scaled-bins", "32"])):  # b also sees each curve in units of its tE
+        assert train(tmp_path, tiny_h5, "--epochs", "1", "--seed", str(len(name)), *extra, name=name).returncode == 0
+    r = run_script("evaluate.py", "--run", str(tmp_path / "results" / "b"), "--no-progress", "--fractions", "0.5", "1.0")
+    assert r.returncode == 0, r.stderr
+    summary = json.load(open(tmp_path / "results" / "b" / "eval_tiny" / "evaluation_summary.json"))
+    assert set(summary["variables"]["by_kind"]) == {"cv", "pulsator", "eclipsing", "lpv", "flare"}
+    assert list(summary["recall_by_tE"]) == ["<1 d", "1-5 d", "5-30 d", "30-100 d", ">100 d"]
+    assert sum(v["n"] for v in summary["recall_by_tE"].values()) == sum(summary["per_class"][c]["support"]
+                                                                         for c in ("pspl", "binary"))
     runs = [str(tmp_path / "results" / n) for n in ("a", "b")]
     out = tmp_path / "pred.csv"
     r = run_script("predict.py", "--runs", *runs, "--input", photometry_dir, tiny_h5, "--output", str(out), "--no-progress")
