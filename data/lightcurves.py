@@ -67,8 +67,19 @@ def scaled_view(time, flux, weight, model, t0, tE, n_bins: int, span: float):
     return binned, binned_err, observed, binned_model
 
 
+def quiet_curves(binned, binned_err, observed, sigma: float) -> np.ndarray:
+    """(N,) bool: curves with fewer than 3 observed bins brighter than their 10th percentile
+    binned flux by more than `sigma` errors: no brightening for a lens fit to explain (flat
+    stars, most eclipsing binaries: most of a survey's stream). The 10th percentile, not the
+    median: a long event can brighten most of the season."""
+    with np.errstate(all="ignore"):
+        ref = np.nanpercentile(np.where(observed, binned, np.nan), 10, axis=1, keepdims=True)
+        excess = (binned - ref) / binned_err
+    return (observed & (excess > sigma)).sum(1) < 3
+
+
 def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: str | None = None,
-                     scaled: tuple | None = None):
+                     scaled: tuple | None = None, quiet_sigma: float | None = None):
     """Bin curves sharing one time grid.
 
     time (L,) days; mag, mag_err (N, L), NaN where not observed.
@@ -76,7 +87,9 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     bins) and observed (N, n_bins) bool; with fit_model ("pspl": point source, "fspl": point or
     finite source), also the best single-lens fit to the epochs inside the grid, binned with the
     same weights (N, n_bins), and its baseline flux (N,); with scaled = (bins, span), then the
-    four arrays of `scaled_view` of the epochs inside the grid.
+    four arrays of `scaled_view` of the epochs inside the grid. quiet_sigma: curves that
+    `quiet_curves` calls quiet are not fitted; their model is their weighted mean flux (no t0,
+    tE: an empty scaled view).
     """
     time = np.asarray(time, dtype=np.float64)
     mag = np.atleast_2d(np.asarray(mag, dtype=np.float64))
@@ -108,9 +121,19 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
         raise ValueError(f"unknown single-lens fit {fit_model!r} (pspl, fspl)")
     from physics.microlensing.fit import fit_pspl
     f_in = np.where(good[:, inside], flux[:, inside], np.nan)
+    # a quiet curve (no brightening) is "fitted" by its weighted mean flux: nothing to fit a lens to
+    todo = np.arange(N) if quiet_sigma is None else np.flatnonzero(~quiet_curves(binned, binned_err, observed,
+                                                                                 quiet_sigma))
+    w_in = weight[:, inside]
     with np.errstate(all="ignore"):
-        fit = fit_pspl(time[inside], f_in, np.where(weight[:, inside] > 0, weight[:, inside], np.nan) ** -0.5,
-                       finite_source=fit_model == "fspl")
+        mean = (w_in * flux[:, inside]).sum(1) / w_in.sum(1)
+        fit = {"model": np.repeat(mean[:, None], inside.sum(), axis=1), "t0": np.full(N, np.nan),
+               "tE": np.full(N, np.nan), "fs": np.zeros((N, 1)), "fb": mean[:, None].copy()}
+        if len(todo):
+            part = fit_pspl(time[inside], f_in[todo], np.where(w_in[todo] > 0, w_in[todo], np.nan) ** -0.5,
+                            finite_source=fit_model == "fspl")
+            for key in fit:
+                fit[key][todo] = part[key][:, :1] if key in ("fs", "fb") else part[key]
     model = fit["model"]                                                    # (N, L_inside) fitted flux
     sum_wm = np.bincount(flat, weights=w * model.ravel(), minlength=N * n_bins).reshape(N, n_bins)
     with np.errstate(all="ignore"):
@@ -157,13 +180,15 @@ def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None
 
 
 def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float,
-                         residuals: str | None = None, scaled: tuple | None = None) -> np.ndarray:
+                         residuals: str | None = None, scaled: tuple | None = None,
+                         quiet_sigma: float | None = None) -> np.ndarray:
     """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4), or 6 with residuals from a
     "pspl" or "fspl" fit (see `bin_light_curves`), float32; with scaled = (bins, span) (residuals
     only) the scaled view's bins follow: (N, n_bins + bins, 6)."""
     if scaled and residuals is None:
         raise ValueError("the scaled view needs a single-lens fit: a residual feature set")
-    out = bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals, scaled=scaled)
+    out = bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals, scaled=scaled,
+                           quiet_sigma=quiet_sigma)
     if not scaled:
         return features_from_bins(*out)
     binned, binned_err, observed, model, baseline, view = out
@@ -176,7 +201,8 @@ def grid_features(time, mag, mag_err, t_start: float, grid: dict) -> np.ndarray:
     `basic`, without the view)."""
     scaled = (grid["scaled_bins"], grid["scaled_span"]) if grid.get("scaled_bins") else None
     return light_curve_features(time, mag, mag_err, t_start, grid["n_bins"], grid["bin_days"],
-                                residuals=RESIDUAL_FIT.get(grid.get("features", "basic")), scaled=scaled)
+                                residuals=RESIDUAL_FIT.get(grid.get("features", "basic")), scaled=scaled,
+                                quiet_sigma=grid.get("quiet_sigma"))
 
 
 def grid_length(grid: dict) -> int:

@@ -15,11 +15,14 @@ from tqdm import tqdm
 from data import microlensing_h5 as mlh5
 from data.cache import SharedArrays, cache_key
 from data.lightcurves import FEATURE_SETS, grid_features, grid_length, grid_size
-from data.photometry import PhotometryError, is_photometry_file, read_bands, season_window
+from data.photometry import PhotometryError, data_notes, is_photometry_file, read_bands, season_window
 
 TASK = "microlensing"
 CLASS_NAMES = ("flat", "pspl", "binary", "variable")  # a file's own attrs say how many it holds
 SPLIT_NAMES = ("train", "val", "test")
+# curves with fewer than 3 day-grid bins brighter than their median by this many errors are not
+# fitted (data.lightcurves.quiet_curves): most of a survey's stream; runs made before keep fitting all
+QUIET_SIGMA = 5.0
 
 
 class DataError(ValueError):
@@ -31,7 +34,8 @@ def grid_from_args(args) -> dict:
     n_bins, bin_days = grid_size(args.season_days, args.bin_minutes)
     return {"season_days": float(args.season_days), "bin_minutes": float(args.bin_minutes),
             "n_bins": n_bins, "bin_days": bin_days, "features": args.features,
-            "scaled_bins": int(getattr(args, "scaled_bins", 0) or 0), "scaled_span": float(getattr(args, "scaled_span", 4.0))}
+            "scaled_bins": int(getattr(args, "scaled_bins", 0) or 0), "scaled_span": float(getattr(args, "scaled_span", 4.0)),
+            "quiet_sigma": QUIET_SIGMA}
 
 
 def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = True,
@@ -184,8 +188,8 @@ def _curve_features(path, time, mag, err, grid):
     features = grid_features(time, mag[None], err[None], start, grid)
     if features[0, :, 3].sum() < 3:
         raise DataError(f"{path}: fewer than 3 observed bins in the {grid['season_days']:g}-day window")
-    return features.astype(np.float16), [os.path.basename(path)], [{"window_start": start,
-                                                                     "n_epochs": int(len(time))}]
+    return features.astype(np.float16), [os.path.basename(path)], [{"window_start": start, "n_epochs": int(len(time)),
+                                                                     "note": data_notes(time, mag)}]
 
 
 def event_features(paths, grid: dict, name: str | None = None):
@@ -253,4 +257,5 @@ def event_features(paths, grid: dict, name: str | None = None):
     mag_err = 2.5 / np.log(10.0) * aligned_err[good][order] / aligned[good][order]
     features = grid_features(time[good][order], mag[None], mag_err[None], start, grid)
     return features.astype(np.float16), {"window_start": float(start), "n_epochs": int(good.sum()),
-                                         "n_files": n_files, "n_curves": len(paths)}
+                                         "n_files": n_files, "n_curves": len(paths),
+                                         "note": data_notes(time[good][order], mag)}

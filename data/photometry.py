@@ -149,6 +149,26 @@ def read_photometry(path, band: str | None = None):
     return bands[band]
 
 
+def data_notes(time, mag, smooth: int = 5) -> str:
+    """What limits a prediction on this curve, in words ("" when nothing does): a curve of less
+    than a day, constant magnitudes, or a brightest point at the very edge of the data (an
+    episode caught on its rise or tail)."""
+    notes = []
+    span = float(time[-1] - time[0])
+    if span < 1.0:
+        notes.append(f"only {span * 24:.1f} h of data: longer timescales cannot be told apart")
+    if np.ptp(mag) == 0:
+        notes.append("constant magnitudes")
+    elif len(mag) >= 2 * smooth:
+        k = smooth
+        padded = np.pad(mag, (k // 2, k - 1 - k // 2), mode="edge")
+        running = np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
+        brightest = int(np.argmin(running))
+        if brightest < k or brightest >= len(mag) - k:
+            notes.append("brightest point at the edge of the data (an episode on its rise or tail)")
+    return "; ".join(notes)
+
+
 def season_window(time, mag, season_days: float, smooth: int = 5) -> float:
     """Start (days) of the season-long window to classify.
 

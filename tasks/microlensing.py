@@ -289,10 +289,10 @@ def predict(runs, args):
         pred = decide(probs, point)
         for i, ident_i in enumerate(ids):
             rows.append([ident_i, *(f"{p:.6f}" for p in probs[i]), names[int(pred[i])],
-                         f"{infos[i]['window_start']:.5f}"])
-    header = ["id", *(f"p_{n}" for n in names), "class", "window_start"]
+                         f"{infos[i]['window_start']:.5f}", infos[i].get("note", "")])
+    header = ["id", *(f"p_{n}" for n in names), "class", "window_start", "note"]
     if len(rows) <= 10:
         for r in rows:
             print("  " + "  ".join(r[:1] + [f"{n}={v}" for n, v in zip(names, r[1:1 + len(names)])]
-                                   + [r[1 + len(names)]]))
+                                   + [r[1 + len(names)]] + ([f"({r[-1]})"] if r[-1] else [])))
     return header, rows, len(bad)

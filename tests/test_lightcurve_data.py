@@ -168,3 +168,49 @@ def test_shared_cache_builds_once_and_is_read_only(tmp_path):
     assert st["std"] == [1.0, 1.0, 1.0]  # constant channels are left unscaled
     a.remove()
     assert not os.path.exists(tmp_path / "k")
+
+
+def test_quiet_curves_are_not_fitted_and_events_are():
+    """A survey stream is mostly constant stars: curves with no brightening (fewer than 3 bins 5
+    errors above their 10th percentile) skip the lens fit, their model being their mean flux;
+    a faint short event or a long trend is still fitted. Runs made before (no quiet_sigma in
+    their grid) fit every curve."""
+    from data.lightcurves import grid_features
+    from physics.microlensing.single import pspl_magnification
+    rng = np.random.default_rng(5)
+    t = np.arange(0, 72, 15 / 1440)
+    A = np.stack([np.ones_like(t), np.ones_like(t), pspl_magnification(t, 30.0, 0.4, 0.5),
+                  pspl_magnification(t, -40.0, 150.0, 0.8)])
+    sigma = 0.01
+    mag = 20 - 2.5 * np.log10(0.3 * A + 0.7) + sigma * rng.standard_normal(A.shape)
+    err = np.full_like(mag, sigma)
+    grid = {**GRID, "features": "fspl_residual", "scaled_bins": 64, "scaled_span": 4.0}
+    fast = grid_features(t, mag, err, 0.0, {**grid, "quiet_sigma": 5.0})
+    full = grid_features(t, mag, err, 0.0, grid)
+    assert fast.shape == full.shape == (4, 864 + 64, 6)
+    for i in (0, 1):  # flat: no scaled view, no fitted shape, residuals against the mean flux
+        assert fast[i, 864:, 3].sum() == 0 and np.abs(fast[i, :864, 5]).max() < 1e-6
+        pulls = np.sinh(fast[i, :864, 4][fast[i, :864, 3] > 0].astype(np.float64))  # channel 4 is asinh(pull)
+        assert abs(pulls.mean()) < 0.1 and 0.8 < pulls.std() < 1.2
+    for i in (2, 3):  # events: fitted as before
+        np.testing.assert_allclose(fast[i], full[i], rtol=1e-3, atol=1e-3)  # (batched solves may round apart)
+        assert fast[i, 864:, 3].sum() > 0
+
+
+def test_data_notes_say_what_limits_a_prediction(tmp_path):
+    """A file of one night, constant magnitudes, or an episode at the edge of the data is
+    predicted with the reason in its note (predict.py's `note` column), never an error."""
+    from data.photometry import data_notes
+    rng = np.random.default_rng(1)
+    night = np.sort(rng.uniform(0, 0.3, 40))
+    assert "h of data" in data_notes(night, 19 + 0.01 * rng.standard_normal(40))
+    t = np.arange(0, 300, 0.5)
+    assert data_notes(t, np.full(len(t), 19.0)) == "constant magnitudes"
+    rising = 19 + 0.01 * rng.standard_normal(len(t))
+    rising[-5:] -= np.linspace(0.2, 1.0, 5)
+    assert "edge of the data" in data_notes(t, rising)
+    middle = 19 - np.exp(-0.5 * ((t - 150) / 5) ** 2) + 0.01 * rng.standard_normal(len(t))
+    assert data_notes(t, middle) == ""
+    np.savetxt(tmp_path / "edge.dat", np.c_[t + 8000, rising, np.full(len(t), 0.01)], fmt="%.5f")
+    _, _, infos = task_data.file_features(str(tmp_path / "edge.dat"), GRID, progress=False)
+    assert "edge of the data" in infos[0]["note"]
