@@ -162,6 +162,8 @@ def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5, photometry_dir):
     assert r.returncode == 0, r.stderr
     summary = json.load(open(tmp_path / "results" / "b" / "eval_tiny" / "evaluation_summary.json"))
     assert set(summary["variables"]["by_kind"]) == {"cv", "pulsator", "eclipsing", "lpv", "flare"}
+    if summary["per_class"]["variable"]["support"]:  # the variables' own ceiling: those a single lens explains
+        assert 0 <= summary["ceiling"]["variables_single_lens_like"]["all"] <= 1
     assert summary["three_class"]["n"] == sum(summary["per_class"][c]["support"] for c in ("flat", "pspl", "binary"))
     assert list(summary["recall_by_tE"]) == ["<1 d", "1-5 d", "5-30 d", "30-100 d", ">100 d"]
     assert sum(v["n"] for v in summary["recall_by_tE"].values()) == sum(summary["per_class"][c]["support"]
