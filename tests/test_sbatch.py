@@ -29,7 +29,8 @@ def test_simulate_array_and_merge_run_locally(tmp_path, venv):
     r = subprocess.run(["bash", "sbatch/merge.sbatch"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     d = mlh5.load(tmp_path / "microlensing.h5")
-    assert np.bincount(d["labels"]).tolist() == [5, 5, 5]
+    assert np.bincount(d["labels"]).tolist() == [5, 5, 5, 5]  # N_VARIABLE defaults to N_PER_CLASS
+    assert list(d["attrs"]["class_names"]) == ["flat", "pspl", "binary", "variable"]
 
 
 def read(name):
