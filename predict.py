@@ -95,6 +95,9 @@ def main(args):
     for (ckpt, _, path), name in zip(runs, tasks):
         if name != tasks[0]:
             raise PredictError(f"{path}: a run of task {name!r}; the ensemble's first member is {tasks[0]!r}")
+        if ckpt.get("class_names") != runs[0][0].get("class_names"):  # e.g. with and without the variable class
+            raise PredictError(f"{path}: classes {ckpt.get('class_names')}; the ensemble's first member has "
+                               f"{runs[0][0].get('class_names')}: its members must share their classes")
     if tasks[0] not in TASKS:
         raise PredictError(f"{runs[0][2]}: a run of unknown task {tasks[0]!r}")
     if args.candidates and tasks[0] != "lens":

@@ -131,6 +131,17 @@ def test_seed_quick_start_commands(tmp_path):
     from tasks.microlensing_eval import decide
     assert np.array_equal(pred["y_pred"], decide(pred["probs"], point))
     assert summary["argmax"]["accuracy"] == float((pred["probs"].argmax(1) == pred["y_true"]).mean())
+    # an ensemble must share its classes: a three-class run with a four-class one is one error line
+    import shutil
+    other = tmp_path / "four_class"
+    shutil.copytree(code / "results" / runs[0], other)
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(other / name, map_location="cpu", weights_only=False)
+        ckpt["class_names"] = ["flat", "pspl", "binary", "variable"]
+        torch.save(ckpt, other / name)
+    r = run_script("predict.py", "--runs", str(code / "results" / runs[0]), str(other), "--input",
+                   str(tmp_path / "data" / "raw" / "test.h5"), "--output", str(tmp_path / "p.csv"))
+    assert r.returncode != 0 and "must share their classes" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_seed_long_command(tmp_path, tiny_h5):
