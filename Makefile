@@ -23,7 +23,7 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 # Main job: simulate a small microlensing set (baseline preset, survey population, variables), train the fast classifier on it,
-# evaluate the held-out test split; prints where the plots and metrics are (~2-3 min on 2 CPU cores).
+# evaluate the held-out test split; prints where the plots and metrics are (~2 min on 2 CPU cores).
 demo: venv
 	mkdir -p $(OUT)
 	$(PY) simulate.py --task microlensing --n-flat 300 --n-pspl 300 --n-binary 300 --n-variable 300 \
