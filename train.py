@@ -140,10 +140,13 @@ def run_directory(args, task):
     return run_dir, last if os.path.isfile(last) else None
 
 
-def check_same_run(saved: dict, config: dict, run_dir: str, identity_keys):
+def check_same_run(saved: dict, config: dict, run_dir: str, identity_keys, new_key_defaults=None):
     if saved.get("task") != config["task"]:
         raise TrainError(f"{run_dir}: a run directory of task {saved.get('task')!r}, not {config['task']!r}")
-    diff = [k for k in identity_keys if saved.get(k) != config.get(k)]
+    # a key the saved run lacks is an option added since it started (the task's IDENTITY_DEFAULTS):
+    # it ran as that option's default does
+    defaults = new_key_defaults or {}
+    diff = [k for k in identity_keys if saved.get(k, defaults.get(k)) != config.get(k)]
     if diff:
         k = diff[0]
         raise TrainError(f"{run_dir}: made with {k}={saved.get(k)!r}, this command has {config.get(k)!r}; "
@@ -206,7 +209,7 @@ def main(args):
             ckpt = load_checkpoint(resume_path)
         except CheckpointError as err:
             raise TrainError(str(err)) from None
-        check_same_run(ckpt["config"], config, run_dir, task.IDENTITY_KEYS)
+        check_same_run(ckpt["config"], config, run_dir, task.IDENTITY_KEYS, getattr(task, "IDENTITY_DEFAULTS", None))
 
     # data: the node's RAM cache, the split fixed by the seed, statistics of the training split
     data = task.load_train_data(args, info)

@@ -38,6 +38,7 @@ IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attenti
                  "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "scaled_bins", "scaled_span",
                  "survey_augment",
                  "truncate_augment", "data_fingerprint", "seed", "val_fraction", "test_fraction")
+IDENTITY_DEFAULTS = {"scaled_bins": 0, "scaled_span": 4.0}  # runs made before these options ran as their defaults
 
 
 # --------------------------------------------------------------------------- train.py

@@ -272,3 +272,20 @@ def test_task_follows_from_the_data_without_task(tmp_path, tiny_h5):
     (run / "config.json").write_text(json.dumps({"task": "lens"}))
     assert task_of(resume=str(run), data=tiny_h5) == "lens"
     assert task_of(resume=str(run / "last.pt"), data=tiny_h5) == "lens"
+
+
+def test_a_run_made_before_an_option_resumes_as_its_default():
+    """Relaunching a run whose config predates --scaled-bins: the option's default is the same
+    run, another value is a different one (one clear error)."""
+    import pytest
+
+    from tasks import microlensing as task
+    from train import TrainError, check_same_run
+    saved = {"task": "microlensing", "model": "patch_transformer", "seed": 42}
+    config = {**saved, "scaled_bins": 0, "scaled_span": 4.0}
+    keys = ("task", "model", "seed", "scaled_bins", "scaled_span")
+    check_same_run(saved, config, "results/x", keys, task.IDENTITY_DEFAULTS)
+    with pytest.raises(TrainError, match="scaled_bins"):
+        check_same_run(saved, {**config, "scaled_bins": 128}, "results/x", keys, task.IDENTITY_DEFAULTS)
+    with pytest.raises(TrainError, match="model"):
+        check_same_run(saved, {**config, "model": "cnn_gru"}, "results/x", keys, task.IDENTITY_DEFAULTS)
