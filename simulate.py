@@ -119,7 +119,7 @@ def get_args_parser():
                     help="non-lensing variables (class 3: dwarf novae, pulsators, eclipsing binaries, long-period "
                          "variables, flares; physics/microlensing/variables.py); 0 = the three lensing classes only")
     ml.add_argument("--population", default="survey", choices=list(POPULATIONS),
-                    help=" | ".join(f"{p.name}: {p.doc}" for p in POPULATIONS.values()))
+                    help=" | ".join(f"{p.name}: {p.doc}" for p in POPULATIONS.values()).replace("%", "%%"))
     ml.add_argument("--binary-preset", "--binary_preset", default="baseline", choices=list(PRESETS),
                     help=" | ".join(f"{p.name} (s {p.s[0]:g}-{p.s[1]:g}, q {p.q[0]:g}-{p.q[1]:g}, "
                                    f"u0 {p.u0[0]:g}-{p.u0[1]:g}): {p.doc}" for p in PRESETS.values()))

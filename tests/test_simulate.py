@@ -205,3 +205,11 @@ def test_binary_round_where_no_candidate_passes():
     params, magnification = sim._lensed(rng, 2, binary=True)
     assert magnification.shape == (2, len(sim.t)) and np.isfinite(params["q"]).all()
     assert (magnification.max(axis=1) > 1.0).all()
+
+
+@pytest.mark.parametrize("name", ["simulate.py", "train.py", "evaluate.py", "predict.py"])
+def test_help_of_every_stage_script(name, script):
+    """--help prints every option (regression: a '%' in a population's description broke argparse)."""
+    r = script(name, "--help")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage:" in r.stdout and len(r.stdout.splitlines()) > 20
