@@ -27,6 +27,8 @@ curve truncated at a fraction of the season gets its own baseline (early detecti
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 N_CHANNELS = 4
@@ -105,15 +107,10 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     # moving them to the previous bin (a 1e-4 bin shift is 0.7 s for 2-hour bins)
     bin_index = np.floor((time - t_start) / bin_days + 1e-4).astype(np.int64)  # (L,)
     inside = (bin_index >= 0) & (bin_index < n_bins)
-    cols = bin_index[inside]
-    rows = np.repeat(np.arange(N), cols.size)
-    flat = rows * n_bins + np.tile(cols, N)
-    w = weight[:, inside].ravel()
-    sum_w = np.bincount(flat, weights=w, minlength=N * n_bins).reshape(N, n_bins)
-    sum_wf = np.bincount(flat, weights=w * flux[:, inside].ravel(), minlength=N * n_bins).reshape(N, n_bins)
+    index = np.broadcast_to(bin_index[inside], (N, int(inside.sum())))
+    sum_w, (binned,) = _bin_rows(index, n_bins, weight[:, inside], [flux[:, inside]])
     observed = sum_w > 0
     with np.errstate(all="ignore"):
-        binned = np.where(observed, sum_wf / sum_w, np.nan)
         binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
     if fit_model is None:
         return binned, binned_err, observed
@@ -135,9 +132,7 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
             for key in fit:
                 fit[key][todo] = part[key][:, :1] if key in ("fs", "fb") else part[key]
     model = fit["model"]                                                    # (N, L_inside) fitted flux
-    sum_wm = np.bincount(flat, weights=w * model.ravel(), minlength=N * n_bins).reshape(N, n_bins)
-    with np.errstate(all="ignore"):
-        binned_model = np.where(observed, sum_wm / sum_w, np.nan)
+    binned_model = _bin_rows(index, n_bins, w_in, [model])[1][0]
     baseline = fit["fs"][:, 0] + fit["fb"][:, 0]
     if not scaled:
         return binned, binned_err, observed, binned_model, baseline
@@ -152,7 +147,8 @@ def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None
     only), else to the binned flux's 25th percentile."""
     N, T = flux.shape
     out = np.zeros((N, T, N_CHANNELS if model is None else 6), dtype=np.float32)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a curve with nothing in view: all-NaN, masked anyway
         baseline = np.nanpercentile(np.where(observed, flux, np.nan), 25, axis=1, keepdims=True)
         if fit_baseline:
             fitted = np.asarray(model_baseline, dtype=np.float64)[:, None]

@@ -179,7 +179,7 @@ def file_features(path, grid: dict, progress: bool = True):
     if len(bands) > 1:
         features, info = event_features([path], grid)
         return features, [os.path.basename(path)], [info]
-    return (*_curve_features(path, *next(iter(bands.values())), grid), )
+    return _curve_features(path, *next(iter(bands.values())), grid)
 
 
 def _curve_features(path, time, mag, err, grid):

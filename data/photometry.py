@@ -76,7 +76,7 @@ def read_bands(path) -> dict:
         text = line.strip()
         if not text or text[0] in "#%!\\|":
             continue
-        fields = [f for f in text.replace(",", " ").split()] if "," not in text else [f.strip() for f in text.split(",")]
+        fields = [f.strip() for f in text.split(",")] if "," in text else text.split()
         if roles is None and not rows:
             named = _header_columns(fields)
             if named:
@@ -108,21 +108,21 @@ def read_bands(path) -> dict:
         data = data[:, [0, PYSIS_MAG, PYSIS_ERR]]
     data = data[:, :3]
     bands = np.asarray(bands)
+    # finite, a positive error, and no sentinel (99.999 magnitudes, 9.999 errors)
+    good = np.isfinite(data).all(axis=1) & (data[:, 2] > 0) & (data[:, 2] < 10) & (np.abs(data[:, 1]) < 90)
     out = {}
     for band in dict.fromkeys(bands):  # in order of first appearance
-        d = data[bands == band]
-        good = np.isfinite(d).all(axis=1) & (d[:, 2] > 0) & (d[:, 2] < 10) & (np.abs(d[:, 1]) < 90)
-        if good.sum() < 3:
+        if (good & (bands == band)).sum() < 3:
             continue
-        d = d[good]
+        d = data[good & (bands == band)]
         time = d[:, 0] - MJD_TO_HJD if mjd else d[:, 0]
         if np.median(time) > FULL_JD:
             time = time - JD_OFFSET
         order = np.argsort(time, kind="stable")
         out[band] = (time[order], d[order, 1], d[order, 2])
     if not out:
-        raise PhotometryError(f"{path}: {0 if not len(data) else int((np.isfinite(data).all(axis=1) & (data[:, 2] > 0)).sum())} "
-                              f"usable epochs (finite time, magnitude and positive error) of {len(data)}"
+        raise PhotometryError(f"{path}: {int(good.sum())} usable epochs (finite time, magnitude and positive "
+                              f"error) of {len(data)}"
                               f"{' in any band' if len(set(bands)) > 1 else ''}; need at least 3")
     return out
 
@@ -149,6 +149,14 @@ def read_photometry(path, band: str | None = None):
     return bands[band]
 
 
+def _brightest(mag, smooth: int) -> int:
+    """Index of the brightest epoch after a running median over `smooth` epochs (single outliers
+    do not pick it)."""
+    k = min(smooth, len(mag))
+    padded = np.pad(mag, (k // 2, k - 1 - k // 2), mode="edge")
+    return int(np.argmin(np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)))
+
+
 def data_notes(time, mag, smooth: int = 5) -> str:
     """What limits a prediction on this curve, in words ("" when nothing does): a curve of less
     than a day, constant magnitudes, or a brightest point at the very edge of the data (an
@@ -160,11 +168,8 @@ def data_notes(time, mag, smooth: int = 5) -> str:
     if np.ptp(mag) == 0:
         notes.append("constant magnitudes")
     elif len(mag) >= 2 * smooth:
-        k = smooth
-        padded = np.pad(mag, (k // 2, k - 1 - k // 2), mode="edge")
-        running = np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
-        brightest = int(np.argmin(running))
-        if brightest < k or brightest >= len(mag) - k:
+        brightest = _brightest(mag, smooth)
+        if brightest < smooth or brightest >= len(mag) - smooth:
             notes.append("brightest point at the edge of the data (an episode on its rise or tail)")
     return "; ".join(notes)
 
@@ -178,9 +183,5 @@ def season_window(time, mag, season_days: float, smooth: int = 5) -> float:
     """
     if time[-1] - time[0] <= season_days:
         return float(time[0])
-    k = min(smooth, len(mag))
-    padded = np.pad(mag, (k // 2, k - 1 - k // 2), mode="edge")
-    running = np.median(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
-    peak = time[int(np.argmin(running))]
-    start = peak - season_days / 2
+    start = time[_brightest(mag, smooth)] - season_days / 2
     return float(np.clip(start, time[0], time[-1] - season_days))

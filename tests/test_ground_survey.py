@@ -96,15 +96,20 @@ def _telescope_file(path, t, A, m_base, fs, sigma, rng):
     np.savetxt(path, np.c_[t + 2450000.0, mag, np.full(len(t), sigma)], fmt="%.6f")
 
 
+def _two_telescopes(seed, n_a, n_b, path_a, path_b):
+    """One PSPL event (t0 8036, tE 15 d, u0 0.08) seen by two telescopes with their own baselines
+    and blending, written as two photometry files."""
+    rng = np.random.default_rng(seed)
+    ta = np.sort(rng.uniform(8000, 8072, n_a))
+    tb = np.sort(rng.uniform(8010, 8060, n_b))
+    _telescope_file(path_a, ta, pspl_magnification(ta, 8036.0, 15.0, 0.08), 18.0, 0.4, 0.01, rng)
+    _telescope_file(path_b, tb, pspl_magnification(tb, 8036.0, 15.0, 0.08), 19.3, 0.9, 0.01, rng)
+
+
 def test_event_of_two_telescopes_is_tied_into_one_curve(tmp_path):
     """Two telescopes see one event with their own baselines and blending: after the joint fit
     their fluxes lie on one curve (residual pulls are noise), unlike a plain concatenation."""
-    rng = np.random.default_rng(2)
-    ta = np.sort(rng.uniform(8000, 8072, 500))
-    tb = np.sort(rng.uniform(8010, 8060, 300))
-    A = lambda t: pspl_magnification(t, 8036.0, 15.0, 0.08)  # noqa: E731
-    _telescope_file(tmp_path / "ogle.dat", ta, A(ta), 18.0, 0.4, 0.01, rng)
-    _telescope_file(tmp_path / "kmt.dat", tb, A(tb), 19.3, 0.9, 0.01, rng)
+    _two_telescopes(2, 500, 300, tmp_path / "ogle.dat", tmp_path / "kmt.dat")
     files = [str(tmp_path / "ogle.dat"), str(tmp_path / "kmt.dat")]
     feats, info = task_data.event_features(files, GRID, "ev")
     assert feats.shape == (1, 864, 6) and info["n_files"] == 2 and info["n_epochs"] == 800
@@ -122,12 +127,7 @@ def test_survey_formats_pysis_and_csv_bands(tmp_path):
     magnitude columns; a CSV table with a band column is one event whose bands are its telescopes,
     the same as the two files given together; one band can be chosen."""
     from data.photometry import read_bands, read_photometry
-    rng = np.random.default_rng(3)
-    ta = np.sort(rng.uniform(8000, 8072, 400))
-    tb = np.sort(rng.uniform(8010, 8060, 250))
-    A = lambda t: pspl_magnification(t, 8036.0, 15.0, 0.08)  # noqa: E731
-    _telescope_file(tmp_path / "a.dat", ta, A(ta), 18.0, 0.4, 0.01, rng)
-    _telescope_file(tmp_path / "b.dat", tb, A(tb), 19.3, 0.9, 0.01, rng)
+    _two_telescopes(3, 400, 250, tmp_path / "a.dat", tmp_path / "b.dat")
     a, b = np.loadtxt(tmp_path / "a.dat"), np.loadtxt(tmp_path / "b.dat")
     # pySIS: HJD-2450000 first, difference fluxes that go negative, magnitudes in columns 4-5,
     # and a 99.999 magnitude where the photometry failed (dropped)

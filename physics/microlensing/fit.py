@@ -307,6 +307,17 @@ def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, f
             "model": (model * scale).cpu().numpy()}
 
 
+SMOOTH_EPOCHS = 5  # running mean of the observed fluxes that picks peaks
+
+
+def _running_mean(flux, observed):
+    """(N, L) mean of the observed fluxes over SMOOTH_EPOCHS neighbouring epochs."""
+    k = SMOOTH_EPOCHS
+    num = torch.nn.functional.avg_pool1d((flux * observed).unsqueeze(1), k, 1, k // 2, count_include_pad=False)
+    den = torch.nn.functional.avg_pool1d(observed.to(flux.dtype).unsqueeze(1), k, 1, k // 2, count_include_pad=False)
+    return (num / den.clamp(min=1e-9)).squeeze(1)
+
+
 def _short_event_start(theta, fs, fb, chi2, time, flux, weight, mag, mag_weight, onehot, n_iter, t_lo, t_hi,
                         coarse_points):
     """Refine again, on every epoch, the curves whose brightening (smoothed flux above half its
@@ -314,17 +325,15 @@ def _short_event_start(theta, fs, fb, chi2, time, flux, weight, mag, mag_weight,
     and keep that fit where its χ² is lower: a 0.1-day event is one point of a 72-day season
     binned to 400, so the coarse pass cannot find it."""
     observed = weight > 0
-    k = 5
-    num = torch.nn.functional.avg_pool1d((flux * observed).unsqueeze(1), k, 1, k // 2, count_include_pad=False)
-    den = torch.nn.functional.avg_pool1d(observed.to(flux.dtype).unsqueeze(1), k, 1, k // 2, count_include_pad=False)
-    smooth = torch.where(observed, (num / den.clamp(min=1e-9)).squeeze(1), torch.nan)
+    smooth = torch.where(observed, _running_mean(flux, observed), torch.nan)
     base = torch.nanquantile(smooth, 0.25, dim=1, keepdim=True)
     peak = torch.where(observed, smooth, -torch.inf).max(1, keepdim=True)
     above = observed & (smooth - base > 0.5 * (peak.values - base))
     cadence = torch.nanmedian(torch.where(observed[:, 1:] & observed[:, :-1], time.diff(dim=1), torch.nan), dim=1).values
     width = above.sum(1) * cadence.nan_to_num(0.0)                            # days above half maximum
     span = torch.where(observed, time, -torch.inf).max(1).values - torch.where(observed, time, torch.inf).min(1).values
-    noise = torch.nanmedian(torch.where(observed, weight.clamp(min=1e-300).rsqrt(), torch.nan), dim=1).values / math.sqrt(k)
+    sigma = torch.nanmedian(torch.where(observed, weight.clamp(min=1e-300).rsqrt(), torch.nan), dim=1).values
+    noise = sigma / math.sqrt(SMOOTH_EPOCHS)                                  # of the running mean
     significant = (peak.values.squeeze(1) - base.squeeze(1)) > 5.0 * noise  # a brightening, not a noise spike
     rows = ((width < 3.0 * span / coarse_points) & significant & torch.isfinite(chi2) & (width > 0)).nonzero().squeeze(1)
     if not len(rows):
@@ -362,11 +371,7 @@ def _starts(time, flux, weight):
     """(N, S, 3) starting points: t0 at the brightest smoothed point and at the flux-excess
     centroid, crossed with a few tE and u0."""
     observed = weight > 0
-    # a 5-point running mean of the observed fluxes (single outliers do not pick t0)
-    k = 5
-    num = torch.nn.functional.avg_pool1d((flux * observed).unsqueeze(1), k, 1, k // 2, count_include_pad=False)
-    den = torch.nn.functional.avg_pool1d(observed.to(flux.dtype).unsqueeze(1), k, 1, k // 2, count_include_pad=False)
-    smooth = torch.where(observed, (num / den.clamp(min=1e-9)).squeeze(1), -torch.inf)
+    smooth = torch.where(observed, _running_mean(flux, observed), -torch.inf)  # single outliers do not pick t0
     t_peak = time.gather(1, smooth.argmax(1, keepdim=True)).squeeze(1)
     base = torch.quantile(torch.where(observed, flux, torch.nan), 0.25, dim=1, keepdim=True).nan_to_num(0.0)
     excess = ((flux - base).clamp(min=0) * observed) ** 2
