@@ -123,6 +123,8 @@ def get_args_parser():
     p.add_argument("--out", default="outputs/bench_substructure_residuals")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", nargs="+", default=list(CONFIG_NAMES), choices=CONFIG_NAMES,
+                   help="simulator configurations to measure beside the public samples")
     p.add_argument("--tiny", action="store_true", help="2 images per class, a short fit (a smoke run)")
     return p
 
@@ -138,7 +140,7 @@ def main(args):
         images, ids = load_public(args.public)
         labels = np.array([CLASSES.index(i.split("/")[-2]) for i in ids])
         sources.append(("public", images, labels, None, ids))
-    for config in CONFIG_NAMES:
+    for config in args.configs:
         images, labels, truth = simulate(config, args.n, args.seed)
         sources.append((config, images, labels, truth, None))
     for name, images, labels, truth, ids in sources:

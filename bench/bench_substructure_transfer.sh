@@ -26,6 +26,7 @@ OUT=${OUT:-outputs/substructure_transfer}
 N=${N:-1000}     # training images per class
 NT=${NT:-300}    # adaptation-pool and test images per class
 EPOCHS=${EPOCHS:-6}
+read -r -a ADAPT <<< "${ADAPT_ARGS:---adapt-grl 0.1}"  # the adapted runs' settings (fixed before any run)
 SAMPLES=${SAMPLES:-../shared/samples/deeplense_substructure}
 COMMON=(--task substructure --model resnet18 --epochs "$EPOCHS" --batch-size 32 --lr 1e-3 --output "$OUT/results"
         --no-progress)
@@ -49,8 +50,8 @@ train() {  # name, args...
 train m1_source --data "$OUT/model1"
 train common_source --data "$OUT/common"
 train broad --data "$OUT/broad"
-train m1_adapt_common --data "$OUT/model1" --adapt-data "$OUT/common_pool"
-train common_adapt_m1 --data "$OUT/common" --adapt-data "$OUT/model1_pool"
+train m1_adapt_common --data "$OUT/model1" --adapt-data "$OUT/common_pool" "${ADAPT[@]}"
+train common_adapt_m1 --data "$OUT/common" --adapt-data "$OUT/model1_pool" "${ADAPT[@]}"
 evals=()
 evaluate() {  # run, test set
     $PY evaluate.py --run "$OUT/results/$1" --data "$OUT/$2" --tta "$TTA" --no-progress --out-dir "$OUT/eval/$1_on_$2"
@@ -64,7 +65,7 @@ evaluate broad model1_test
 evaluate common_adapt_m1 model1_test
 $PY evaluate.py --compare "${evals[@]}" --out-dir "$OUT"
 if [[ -d $SAMPLES ]]; then
-    train common_adapt_public --data "$OUT/common" --adapt-data "$SAMPLES"
+    train common_adapt_public --data "$OUT/common" --adapt-data "$SAMPLES" "${ADAPT[@]}"
     for run in common_source broad common_adapt_public; do
         $PY predict.py --runs "$OUT/results/$run" --input "$SAMPLES" --output "$OUT/public_samples_$run.csv" \
             --tta "$TTA" --no-progress

@@ -192,18 +192,28 @@ def test_common_classes_share_lens_and_source_distributions():
     from physics.strong import scenes
     cfg = scenes.CONFIGS["deeplense-common"]
     shared = ("theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1",
-              "src_e2", "psf_fwhm", "peak_counts", "sky_counts", "peak_snr")
+              "src_e2", "src_clump_flux", "psf_fwhm", "peak_counts", "sky_counts", "peak_snr")
     labels = torch.arange(900) % 3
     _, params = scenes.sample(cfg, labels, torch.Generator().manual_seed(5))
     _, params_no = scenes.sample(cfg, torch.zeros_like(labels), torch.Generator().manual_seed(5))
     for key in shared:
         np.testing.assert_array_equal(params[key].numpy(), params_no[key].numpy(), err_msg=key)
-    for key in shared[:11]:
+    for key in shared[:12]:
         values = params[key].numpy()
         for c in range(3):
             p = stats.ks_2samp(values[labels == c], values[labels != c]).pvalue
             assert p > 0.001, f"{key} differs for class {c} (KS p = {p:.3g})"
     assert np.all(params["n_subhalos"].numpy()[labels == 1] == 25) and np.all(params["n_subhalos"].numpy()[labels != 1] == 0)
+    # the calibrated substructure (COMMON_SUBSTRUCTURE): lighter subhalos, heavier and longer vortices than Model I's
+    from physics.strong import substructure as sub
+    spec, p = sub.COMMON_SUBSTRUCTURE, {k: v.numpy() for k, v in params.items()}
+    sphere, vort = labels.numpy() == 1, labels.numpy() == 2
+    masses = p["subhalo_masses"][sphere]
+    assert spec.subhalo_mass[0] <= masses.min() and masses.max() <= spec.subhalo_mass[1] < 1e10
+    assert np.all(p["vortex_mass"][vort] == spec.vortex_mass[0]) and spec.vortex_mass[0] > 3e10
+    assert 0.3 - 1e-9 <= p["vortex_half_length"][vort].min() and p["vortex_half_length"][vort].max() <= 3 + 1e-9
+    lo, hi = (sub.COMMON_CLUMPS * f for f in sub.COMMON_CLUMP_FRAC)
+    assert lo <= p["src_clump_flux"].min() and p["src_clump_flux"].max() <= hi
 
 
 def test_broad_draws_within_its_ranges_and_classes_share_them():
@@ -219,7 +229,7 @@ def test_broad_draws_within_its_ranges_and_classes_share_them():
     _, params_no = scenes.sample(cfg, torch.zeros_like(labels), torch.Generator().manual_seed(5))
     p = {k: v.numpy() for k, v in params.items()}
     shared = ("theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1",
-              "src_e2", "psf_fwhm", "peak_counts", "sky_counts")
+              "src_e2", "src_clump_flux", "psf_fwhm", "peak_counts", "sky_counts")
     for key in shared:
         np.testing.assert_array_equal(p[key], params_no[key].numpy(), err_msg=key)
         for c in range(3):
@@ -234,10 +244,17 @@ def test_broad_draws_within_its_ranges_and_classes_share_them():
     assert (np.abs(p["src_x"]) <= sub.BROAD_SRC_BOX).all()
     sphere, vort = labels.numpy() == 1, labels.numpy() == 2
     n_sub = p["n_subhalos"][sphere]
-    assert n_sub.min() == sub.BROAD_N_SUBHALOS[0] and n_sub.max() == sub.BROAD_N_SUBHALOS[1]
+    assert n_sub.min() == sub.BROAD_SUBSTRUCTURE.n_subhalos[0] and n_sub.max() == sub.BROAD_SUBSTRUCTURE.n_subhalos[1]
     assert (np.isfinite(p["subhalo_masses"][sphere]).sum(1) == n_sub).all() and (p["n_subhalos"][~sphere] == 0).all()
     masses = p["vortex_mass"][vort]
-    assert sub.BROAD_VORTEX_MASS[0] <= masses.min() and masses.max() <= sub.BROAD_VORTEX_MASS[1]
+    assert sub.BROAD_SUBSTRUCTURE.vortex_mass[0] <= masses.min() and masses.max() <= sub.BROAD_SUBSTRUCTURE.vortex_mass[1]
+    # spans Model I's and the calibrated deeplense-common's substructure
+    for spec in (sub.MODEL1_SUBSTRUCTURE, sub.COMMON_SUBSTRUCTURE):
+        for key in ("n_subhalos", "subhalo_slope", "vortex_mass", "axion_mass"):
+            (lo, hi), (broad_lo, broad_hi) = getattr(spec, key), getattr(sub.BROAD_SUBSTRUCTURE, key)
+            assert broad_lo <= lo and hi <= broad_hi, key
+        assert spec.subhalo_mass[1] <= sub.BROAD_SUBSTRUCTURE.subhalo_mass[1]
+    assert p["src_clump_flux"].min() < 0.002 and p["src_clump_flux"].max() > sub.COMMON_CLUMPS * sub.COMMON_CLUMP_FRAC[1] - 0.004
 
 
 def test_superres_pairs_show_the_same_scene(tmp_path, script):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from physics.strong.substructure import sample_broad, sample_common, sample_model1
+from physics.strong.substructure import BROAD_PSF_FWHM, sample_broad, sample_common, sample_model1
 from physics.strong.survey import sample_survey
 
 
@@ -74,7 +74,7 @@ CONFIGS = {c.name: c for c in [
                 "like the public DeepLense Common Test I set (flatter rings, one orientation, Poisson counts): "
                 "150x150 at 0.05\", no / sphere / vort, min-max scaled float64"),
     ImageConfig("deeplense-broad", "substructure", ("no", "sphere", "vort"), ("vis",), 150, 0.05, 1,
-                "gaussian", (0.06, 0.15), "minmax", "float64", ("no", "sphere", "vort"),
+                "gaussian", BROAD_PSF_FWHM, "minmax", "float64", ("no", "sphere", "vort"),
                 "randomised: lens, source, PSF, counts and substructure spanning deeplense-model1, deeplense-common "
                 "and beyond (issue 26), 150x150 at 0.05\", min-max scaled float64"),
     ImageConfig("lsst", "lens", ("nonlens", "lens"), ("g", "r", "i", "z", "y"), 41, 0.2, 3,
