@@ -9,7 +9,8 @@
 # 2. ResNet18 (6 epochs, batch 32, AdamW lr 1e-3, D4, best checkpoint by the source's own validation
 #    macro AUC) on model1, on common, on broad, on model1 adapted to common's pool, on common adapted
 #    to model1's pool, and on common adapted to the public samples (../shared/samples/
-#    deeplense_substructure, 9 images: tiny, said so);
+#    deeplense_substructure, 9 images: tiny, said so); the adapted runs with ADAPT_ARGS (default
+#    --adapt-grl 0.1, train.py's default: the reversal capped at 0.1; 1 collapsed the classifier);
 # 3. each run evaluated on the other configuration's test set; one table (evaluate.py --compare of
 #    the evaluation folders); the public samples predicted by the source-only, randomised and
 #    adapted runs, side by side with their smooth-lens residuals (evaluate.py --residuals).

@@ -35,8 +35,10 @@ def add_train_args(parser):
                    help="unlabelled images of the domain to adapt to (folders of .npy / FITS, class folders, HDF5; "
                         "labels are not read): domain-adversarial training (engine/adaptation.py)")
     g.add_argument("--adapt-weight", type=float, default=1.0, help="weight of the domain loss")
-    g.add_argument("--adapt-grl", type=float, default=1.0,
-                   help="the gradient reversal's final strength (reached by Ganin's schedule over the run)")
+    g.add_argument("--adapt-grl", type=float, default=0.1,
+                   help="the gradient reversal's final strength (reached by Ganin's schedule over the run); 1, "
+                        "Ganin's, collapsed a ResNet18 trained from scratch on 2,100 images (validation AUC "
+                        "0.97 -> 0.57), 0.1 kept it (0.94; README, issue 26)")
 
 
 def check_args(args):

@@ -195,7 +195,7 @@ COMMON_SKY_COUNTS = 10.0          # counts per pixel, every image
 #   < 0.6: -0.02, 0.6-0.85: 0.20, 0.85-1.15: 0.18). A cored lens (core 0-0.1") puts them at the
 #   centre (2.6 at r < 0.6); a PSF other than the fit's (FWHM 0.06-0.13") leaves none; faint knots
 #   in the source (star-forming clumps) put them on the ring. 3 clumps of 0-5% of the source's
-#   light each gave 6-11 (far too much), 3 of 0-0.5-0.7% 0.12-0.22 with residual peaks of 16 +- 7
+#   light each gave 6-11 (far too much), 3 of 0-0.5% or 0-0.7% 0.12-0.22 with residual peaks of 16 +- 7
 #   sigma (public 8.7 +- 0.7): many faint clumps instead, the same in every class;
 # - subhalos up to 3.5e9 Msun (Model I 1e10; their number and slope kept): 3e9 gave 0.31-0.40 and
 #   4e9 0.50 with clumps;
@@ -264,7 +264,8 @@ def _add_clumps(gen, source, extra, count, frac, sigma, scale=None):
 # (PSF to 0.15", peaks from 300 counts over skies to 50, 10-50 subhalos with slopes to -1.9,
 # vortices from 1e10 Msun) left no residual above the noise in 70% of its subhalo and 40% of its
 # vortex images (oracle on the residuals 0.49; a ResNet18 learnt nothing): its weak side was
-# narrowed to what still spans C (30 images per class: 33% / 23%, oracle 0.62).
+# narrowed to what still spans C and given C's clumps (bench_substructure_residuals.py --configs
+# deeplense-broad --n 30: 23% / 17%, 80% of the no-substructure images; oracle 0.611).
 BROAD_THETA_E = (1.0, 1.8)           # arcsec, uniform (M 1.2-1.6, C 1.15-1.4)
 BROAD_LENS_Q = (0.5, 1.0)            # SIE axis ratio at a uniform angle (M q 0.82 at 0 deg, C 0.5-0.9 at 90 deg)
 BROAD_SHEAR = (0.0, 0.12)            # |gamma| at a uniform angle (M 0.05 along x, C 0.04-0.1 along x)
