@@ -12,12 +12,14 @@ Configurations:
   Sersic source, classes no / sphere (25 point-mass subhalos) / vort (a line of 100 point
   masses), 150x150 at 0.05", Gaussian PSF 0.087", min-max scaled.
 - `deeplense-common`: the same classes, lens and source distributions fitted to the public
-  DeepLense Common Test I samples (flatter rings, all along x, a larger source, Poisson counts;
-  each choice and its measurement in `substructure`); simulate.py's default for substructure.
-- `deeplense-broad`: randomised (issue 26): lens, source, PSF, Poisson counts and substructure
-  (number of subhalos, their mass function's slope, the vortex mass) drawn per image over ranges
-  that span deeplense-model1, deeplense-common and beyond (`substructure.BROAD_*`), so a model
-  trained on it cannot lean on one generator's choices.
+  DeepLense Common Test I samples (flatter rings, all along x, a larger source, Poisson counts)
+  and its substructure to the residuals a smooth lens leaves in them (faint source clumps in
+  every class, lighter subhalos, heavier and longer vortices; each choice and its measurement in
+  `substructure`); simulate.py's default for substructure.
+- `deeplense-broad`: randomised (issue 26): lens, source (with clumps), PSF, Poisson counts and
+  substructure (number of subhalos, their mass function's slope, the vortex mass) drawn per image
+  over ranges that span deeplense-model1, deeplense-common and beyond (`substructure.BROAD_*`), so
+  a model trained on it cannot lean on one generator's choices.
 - `lsst`: grizy 41x41 at 0.2", seeing 0.6-0.9" (Moffat), 30-100% of LSST's 10-year depth, lens
   galaxies with their own light and arcs resolved beyond the seeing; non-lenses include rings,
   spirals, mergers and close pairs; both classes get stars, blends, faint deflectors and masked
