@@ -5,7 +5,8 @@ source) leaves in each image, public DeepLense samples against each simulator co
     python bench/bench_substructure_residuals.py --tiny --out /tmp/residuals   # a smoke run (the tests run it)
 
 For the 9 public samples (../shared/samples/deeplense_substructure) and --n images per class of
-deeplense-model1 and deeplense-common (seeded, in memory), `physics.strong.fit.fit_smooth` fits
+each configuration in --configs (default deeplense-model1, deeplense-common, deeplense-broad;
+seeded, in memory), `physics.strong.fit.fit_smooth` fits
 each image and `residual_stats` measures the residuals in units of the noise (a noise model
 measured from the image itself, not from the fit). Prints and writes (residuals.json,
 residuals.png):

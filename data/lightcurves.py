@@ -108,7 +108,8 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     bin_index = np.floor((time - t_start) / bin_days + 1e-4).astype(np.int64)  # (L,)
     inside = (bin_index >= 0) & (bin_index < n_bins)
     index = np.broadcast_to(bin_index[inside], (N, int(inside.sum())))
-    sum_w, (binned,) = _bin_rows(index, n_bins, weight[:, inside], [flux[:, inside]])
+    w_in, flux_in = weight[:, inside], flux[:, inside]
+    sum_w, (binned,) = _bin_rows(index, n_bins, w_in, [flux_in])
     observed = sum_w > 0
     with np.errstate(all="ignore"):
         binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
@@ -117,13 +118,12 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     if fit_model not in ("pspl", "fspl"):
         raise ValueError(f"unknown single-lens fit {fit_model!r} (pspl, fspl)")
     from physics.microlensing.fit import fit_pspl
-    f_in = np.where(good[:, inside], flux[:, inside], np.nan)
+    f_in = np.where(good[:, inside], flux_in, np.nan)
     # a quiet curve (no brightening) is "fitted" by its weighted mean flux: nothing to fit a lens to
     todo = np.arange(N) if quiet_sigma is None else np.flatnonzero(~quiet_curves(binned, binned_err, observed,
                                                                                  quiet_sigma))
-    w_in = weight[:, inside]
     with np.errstate(all="ignore"):
-        mean = (w_in * flux[:, inside]).sum(1) / w_in.sum(1)
+        mean = (w_in * flux_in).sum(1) / w_in.sum(1)
         fit = {"model": np.repeat(mean[:, None], inside.sum(), axis=1), "t0": np.full(N, np.nan),
                "tE": np.full(N, np.nan), "fs": np.zeros((N, 1)), "fb": mean[:, None].copy()}
         if len(todo):

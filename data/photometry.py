@@ -112,9 +112,10 @@ def read_bands(path) -> dict:
     good = np.isfinite(data).all(axis=1) & (data[:, 2] > 0) & (data[:, 2] < 10) & (np.abs(data[:, 1]) < 90)
     out = {}
     for band in dict.fromkeys(bands):  # in order of first appearance
-        if (good & (bands == band)).sum() < 3:
+        take = good & (bands == band)
+        if take.sum() < 3:
             continue
-        d = data[good & (bands == band)]
+        d = data[take]
         time = d[:, 0] - MJD_TO_HJD if mjd else d[:, 0]
         if np.median(time) > FULL_JD:
             time = time - JD_OFFSET
