@@ -57,6 +57,7 @@ from engine import image_sim
 from engine.cli import OneLineErrorParser
 from engine.image_sim import SimulationError, check_output
 from engine.workers import Interrupted, ordered_results
+from physics.microlensing.context import CONTEXT_DAYS, context_times
 from physics.microlensing.events import (BLOCK_SIZE, CLASS_NAMES, POPULATIONS, PRESETS, EventConfig, EventSimulator,
                                          shuffled_labels)
 from physics.strong.scenes import CONFIGS
@@ -128,6 +129,10 @@ def get_args_parser():
     ml.add_argument("--min-snr", type=float, default=5.0,
                     help="detectability cut: epochs with lensing signal >= this many sigma ...")
     ml.add_argument("--min-epochs", type=int, default=3, help="... at least this many of them")
+    ml.add_argument("--context-days", type=float, default=CONTEXT_DAYS, metavar="D",
+                    help="also record each star's daily curve over D days centred on the season (the seasons a "
+                         "survey saw around the event, chosen when features are made: physics/microlensing/"
+                         "context.py); 0 = the season only")
     im = parser.add_argument_group("strong-lensing images (--task lens | substructure | superres)")
     im.add_argument("--config", choices=list(CONFIGS),
                     help="; ".join(f"{c.name}: {c.doc}" for c in CONFIGS.values())
@@ -192,7 +197,7 @@ def _run_block(job):
 # --------------------------------------------------------------------------- parent side
 def run_microlensing(args):
     cfg_kwargs = dict(preset=args.binary_preset, population=args.population, oversample=args.oversample,
-                      min_snr=args.min_snr, min_epochs=args.min_epochs)
+                      min_snr=args.min_snr, min_epochs=args.min_epochs, context_days=args.context_days)
     try:
         cfg = EventConfig(**cfg_kwargs)
     except ValueError as err:
@@ -230,7 +235,8 @@ def run_microlensing(args):
             raise SimulationError(f"{partial}: unfinished output of a different run; delete it or use another --output")
     if f is None:
         try:
-            f = mlh5.create(partial, row_stop - row_start, cfg.season.times(), attrs)
+            f = mlh5.create(partial, row_stop - row_start, cfg.season.times(), attrs,
+                            context_times(cfg.season.length_days, cfg.context_days) if cfg.context_days else None)
         except OSError as err:
             raise SimulationError(f"cannot write {partial}: {err}") from None
         f.attrs["run_signature"] = signature

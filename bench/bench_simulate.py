@@ -43,15 +43,16 @@ def events(preset, n, seed):
     return [tuple(float(e[k]) for k in KEYS) for e in p]
 
 
-def throughput(sizes, populations):
+def throughput(sizes, populations, contexts):
     print("\n== end-to-end throughput, 1 worker, baseline preset (simulate.py, HDF5 write included)")
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
-        for population in populations:
+        for population, context in ((p, c) for p in populations for c in contexts):
+            print(f"-- --context-days {context}")
             for cls, n in sizes.items():
                 counts = {"flat": 0, "pspl": 0, "binary": 0, "variable": 0, cls: n}
                 out = os.path.join(tmp, f"{cls}.h5")
                 cmd = [os.environ.get("PY", sys.executable), "simulate.py", "--no-progress", "--output", out,
-                       "--seed", "1", "--population", population,
+                       "--seed", "1", "--population", population, "--context-days", context,
                        *[a for c in counts for a in (f"--n-{c}", str(counts[c]))]]
                 r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
                 m = re.search(r"in ([\d.]+) s \((\d+) events/s, (\d+)% of the time writing\)", r.stdout)
@@ -113,6 +114,8 @@ def main(argv=None):
     parser.add_argument("--n-binary", type=int, default=640)
     parser.add_argument("--n-variable", type=int, default=1280)
     parser.add_argument("--populations", nargs="+", default=["survey", "thesis"])
+    parser.add_argument("--contexts", nargs="+", default=["1920", "0"],
+                        help="--context-days values to time (the years around the season; 0 = none)")
     parser.add_argument("--n-ratio", type=int, default=100, help="events per preset for the speed ratio")
     parser.add_argument("--n-accuracy", type=int, default=200, help="baseline events; other presets get half")
     parser.add_argument("--processes", type=int, default=None, help="accuracy part (default: every core)")
@@ -124,7 +127,7 @@ def main(argv=None):
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     if "throughput" in args.parts:
         throughput({"flat": args.n_flat, "pspl": args.n_pspl, "binary": args.n_binary, "variable": args.n_variable},
-                   args.populations)
+                   args.populations, args.contexts)
     if "ratio" in args.parts:
         ratio(args.n_ratio)
     if "accuracy" in args.parts:

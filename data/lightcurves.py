@@ -20,7 +20,17 @@ The event's own timescale (`scaled_bins` > 0 in a run's grid, residual sets only
 day grid come `scaled_bins` more bins of the same channels on a grid in units of the fitted
 Einstein time, tau = (t - t0_fit) / tE_fit over [-scaled_span, +scaled_span], so a PSPL event
 of tE 0.3 d and one of 100 d look alike there (where the season covers them) while the day grid
-keeps the absolute timescale. A curve whose fit failed has that part masked. Every channel but the
+keeps the absolute timescale. A curve whose fit failed has that part masked.
+
+The years around the window (`context_bins` > 0 in a run's grid, residual sets only): then come
+`context_bins` bins of `context_days` (15 d: 128 of them span 1,920 d) centred on the window, the
+same channels from every epoch the curve has there (a real file's other seasons; a simulated
+star's context days, physics/microlensing/context.py). With a context, the single-lens fit of
+channels 4-5 is made to the window's and the context's epochs together: in one season a long
+event's blending and tE are degenerate, its other seasons pin the baseline. A long-period
+variable varies in its other seasons (and leaves residuals there), a lensing event's star stays
+at its baseline; a file of one season has the window's bins only.
+Every channel but the
 mask is standardised with statistics of the training split (`feature_stats`, saved in every
 checkpoint) by `normalize`. Everything is computed from the epochs given, so a
 curve truncated at a fraction of the season gets its own baseline (early detection is honest).
@@ -80,8 +90,23 @@ def quiet_curves(binned, binned_err, observed, sigma: float) -> np.ndarray:
     return (observed & (excess > sigma)).sum(1) < 3
 
 
+def context_view(time, flux, weight, model, centre: float, n_bins: int, bin_days: float):
+    """The curves over the years around the window: `n_bins` bins of `bin_days` centred on
+    `centre`. time (L,) days; flux, weight, model (N, L): the epochs, on the window's flux scale,
+    and the single-lens fit to all of them. Returns binned flux, error, observed and binned model
+    (N, n_bins), as `scaled_view`."""
+    start = centre - n_bins * bin_days / 2.0
+    index = np.broadcast_to(np.floor((np.asarray(time, dtype=np.float64) - start) / bin_days).astype(np.int64),
+                            flux.shape)
+    sum_w, (binned, binned_model) = _bin_rows(index, n_bins, weight, [flux, model])
+    observed = sum_w > 0
+    with np.errstate(all="ignore"):
+        binned_err = np.where(observed, 1.0 / np.sqrt(sum_w), np.nan)
+    return binned, binned_err, observed, binned_model
+
+
 def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: str | None = None,
-                     scaled: tuple | None = None, quiet_sigma: float | None = None):
+                     scaled: tuple | None = None, quiet_sigma: float | None = None, context: tuple | None = None):
     """Bin curves sharing one time grid.
 
     time (L,) days; mag, mag_err (N, L), NaN where not observed.
@@ -91,7 +116,9 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     same weights (N, n_bins), and its baseline flux (N,); with scaled = (bins, span), then the
     four arrays of `scaled_view` of the epochs inside the grid. quiet_sigma: curves that
     `quiet_curves` calls quiet are not fitted; their model is their weighted mean flux (no t0,
-    tE: an empty scaled view).
+    tE: an empty scaled view). context = (time_c (Lc,), mag_c, err_c (N, Lc), bins, days): the
+    fit also sees the context's epochs outside the window, and the four arrays of `context_view`
+    of the window's and those epochs follow (after the scaled view's, or in its place).
     """
     time = np.asarray(time, dtype=np.float64)
     mag = np.atleast_2d(np.asarray(mag, dtype=np.float64))
@@ -118,26 +145,48 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     if fit_model not in ("pspl", "fspl"):
         raise ValueError(f"unknown single-lens fit {fit_model!r} (pspl, fspl)")
     from physics.microlensing.fit import fit_pspl
-    f_in = np.where(good[:, inside], flux_in, np.nan)
+    # the fit sees the window's epochs and, with a context, the epochs around it: a long event's
+    # baseline is pinned by its other seasons (in one season the blend and tE are degenerate)
+    fit_time, fit_flux, fit_w = time[inside], np.where(good[:, inside], flux_in, np.nan), w_in
+    if context:
+        time_c, mag_c, err_c, c_bins, c_days = context
+        time_c = np.asarray(time_c, dtype=np.float64)
+        away = (time_c < t_start) | (time_c >= t_start + n_bins * bin_days)   # the window's own epochs are above
+        mag_c = np.atleast_2d(np.asarray(mag_c, dtype=np.float64))[:, away]
+        err_c = np.atleast_2d(np.asarray(err_c, dtype=np.float64))[:, away]
+        good_c = np.isfinite(mag_c) & np.isfinite(err_c) & (err_c > 0)
+        flux_c = 10.0 ** (-0.4 * (np.where(good_c, mag_c, m_ref) - m_ref))   # the window's flux scale
+        weight_c = np.where(good_c, 1.0 / (0.4 * LN10 * flux_c * np.where(good_c, err_c, 1.0)) ** 2, 0.0)
+        fit_time = np.concatenate([fit_time, time_c[away]])
+        fit_flux = np.concatenate([fit_flux, np.where(good_c, flux_c, np.nan)], axis=1)
+        fit_w = np.concatenate([fit_w, weight_c], axis=1)
+    order = np.argsort(fit_time, kind="stable")
+    back = np.argsort(order)
     # a quiet curve (no brightening) is "fitted" by its weighted mean flux: nothing to fit a lens to
     todo = np.arange(N) if quiet_sigma is None else np.flatnonzero(~quiet_curves(binned, binned_err, observed,
                                                                                  quiet_sigma))
     with np.errstate(all="ignore"):
         mean = (w_in * flux_in).sum(1) / w_in.sum(1)
-        fit = {"model": np.repeat(mean[:, None], inside.sum(), axis=1), "t0": np.full(N, np.nan),
+        fit = {"model": np.repeat(mean[:, None], len(fit_time), axis=1), "t0": np.full(N, np.nan),
                "tE": np.full(N, np.nan), "fs": np.zeros((N, 1)), "fb": mean[:, None].copy()}
         if len(todo):
-            part = fit_pspl(time[inside], f_in[todo], np.where(w_in[todo] > 0, w_in[todo], np.nan) ** -0.5,
+            part = fit_pspl(fit_time[order], fit_flux[todo][:, order],
+                            np.where(fit_w[todo] > 0, fit_w[todo], np.nan)[:, order] ** -0.5,
                             finite_source=fit_model == "fspl")
+            part["model"] = part["model"][:, back]
             for key in fit:
                 fit[key][todo] = part[key][:, :1] if key in ("fs", "fb") else part[key]
-    model = fit["model"]                                                    # (N, L_inside) fitted flux
+    n_in = int(inside.sum())
+    model = fit["model"][:, :n_in]                                          # (N, L_inside) fitted flux
     binned_model = _bin_rows(index, n_bins, w_in, [model])[1][0]
     baseline = fit["fs"][:, 0] + fit["fb"][:, 0]
-    if not scaled:
-        return binned, binned_err, observed, binned_model, baseline
-    view = scaled_view(time[inside], flux[:, inside], weight[:, inside], model, fit["t0"], fit["tE"], *scaled)
-    return binned, binned_err, observed, binned_model, baseline, view
+    out = (binned, binned_err, observed, binned_model, baseline)
+    if scaled:
+        out += (scaled_view(time[inside], flux[:, inside], weight[:, inside], model, fit["t0"], fit["tE"], *scaled),)
+    if context:
+        out += (context_view(fit_time, np.concatenate([flux_in, flux_c], axis=1), fit_w, fit["model"],
+                             t_start + n_bins * bin_days / 2.0, c_bins, c_days),)
+    return out
 
 
 def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None, fit_baseline: bool = False) -> np.ndarray:
@@ -177,33 +226,44 @@ def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None
 
 def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float,
                          residuals: str | None = None, scaled: tuple | None = None,
-                         quiet_sigma: float | None = None) -> np.ndarray:
+                         quiet_sigma: float | None = None, context: tuple | None = None) -> np.ndarray:
     """time (L,), mag and mag_err (N, L) → features (N, n_bins, 4), or 6 with residuals from a
     "pspl" or "fspl" fit (see `bin_light_curves`), float32; with scaled = (bins, span) (residuals
-    only) the scaled view's bins follow: (N, n_bins + bins, 6)."""
-    if scaled and residuals is None:
-        raise ValueError("the scaled view needs a single-lens fit: a residual feature set")
+    only) the scaled view's bins follow, then with context = (time_c, mag_c, err_c, bins, days)
+    the context's: (N, n_bins [+ bins] [+ context bins], 6)."""
+    if (scaled or context) and residuals is None:
+        raise ValueError("the scaled and context views need a single-lens fit: a residual feature set")
     out = bin_light_curves(time, mag, mag_err, t_start, n_bins, bin_days, fit_model=residuals, scaled=scaled,
-                           quiet_sigma=quiet_sigma)
-    if not scaled:
+                           quiet_sigma=quiet_sigma, context=context)
+    if not scaled and not context:
         return features_from_bins(*out)
-    binned, binned_err, observed, model, baseline, view = out
-    return np.concatenate([features_from_bins(binned, binned_err, observed, model, baseline),
-                           features_from_bins(*view, baseline, fit_baseline=True)], axis=1)
+    binned, binned_err, observed, model, baseline = out[:5]
+    parts = [features_from_bins(binned, binned_err, observed, model, baseline)]
+    views = list(out[5:])
+    if scaled:
+        parts.append(features_from_bins(*views.pop(0), baseline, fit_baseline=True))
+    if context:
+        parts.append(features_from_bins(*views.pop(0), baseline))
+    return np.concatenate(parts, axis=1)
 
 
-def grid_features(time, mag, mag_err, t_start: float, grid: dict) -> np.ndarray:
-    """Features on a run's grid (n_bins, bin_days, feature set, scaled view; runs without them are
-    `basic`, without the view)."""
+def grid_features(time, mag, mag_err, t_start: float, grid: dict, context: tuple | None = None) -> np.ndarray:
+    """Features on a run's grid (n_bins, bin_days, feature set, scaled view, context view; runs
+    without them are `basic`, without the views). context = (time_c, mag_c, err_c): the epochs
+    of the years around the window (default: the curve's own, as a real file has them)."""
     scaled = (grid["scaled_bins"], grid["scaled_span"]) if grid.get("scaled_bins") else None
+    if grid.get("context_bins"):
+        context = (*(context or (time, mag, mag_err)), grid["context_bins"], grid["context_days"])
+    else:
+        context = None
     return light_curve_features(time, mag, mag_err, t_start, grid["n_bins"], grid["bin_days"],
                                 residuals=RESIDUAL_FIT.get(grid.get("features", "basic")), scaled=scaled,
-                                quiet_sigma=grid.get("quiet_sigma"))
+                                quiet_sigma=grid.get("quiet_sigma"), context=context)
 
 
 def grid_length(grid: dict) -> int:
-    """Time steps of a run's features: the day grid and the scaled view."""
-    return grid["n_bins"] + int(grid.get("scaled_bins") or 0)
+    """Time steps of a run's features: the day grid, the scaled view and the context view."""
+    return grid["n_bins"] + int(grid.get("scaled_bins") or 0) + int(grid.get("context_bins") or 0)
 
 
 def grid_size(season_days: float, bin_minutes: float) -> tuple[int, float]:
@@ -252,13 +312,3 @@ def normalize(x, stats: dict):
     mask = x[..., MASK_CHANNEL:MASK_CHANNEL + 1]
     scaled = (x[..., _value_channels(x.shape[-1])] - mean) / std * mask
     return torch.cat([scaled[..., :MASK_CHANNEL], mask, scaled[..., MASK_CHANNEL:]], dim=-1)
-
-
-def truncate(time, mag, mag_err, fraction: float, season_days: float):
-    """Copies of mag, mag_err with epochs after `fraction` of the season set to NaN."""
-    late = np.asarray(time) > fraction * season_days
-    mag = np.array(mag, dtype=np.float32, copy=True)
-    mag_err = np.array(mag_err, dtype=np.float32, copy=True)
-    mag[..., late] = np.nan
-    mag_err[..., late] = np.nan
-    return mag, mag_err

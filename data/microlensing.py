@@ -35,7 +35,8 @@ def grid_from_args(args) -> dict:
     return {"season_days": float(args.season_days), "bin_minutes": float(args.bin_minutes),
             "n_bins": n_bins, "bin_days": bin_days, "features": args.features,
             "scaled_bins": int(getattr(args, "scaled_bins", 0) or 0), "scaled_span": float(getattr(args, "scaled_span", 4.0)),
-            "quiet_sigma": QUIET_SIGMA}
+            "context_bins": int(getattr(args, "context_bins", 0) or 0),
+            "context_days": float(getattr(args, "context_days", 15.0)), "quiet_sigma": QUIET_SIGMA}
 
 
 def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = True,
@@ -46,6 +47,9 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
     one for all rows or (N,) one per row; the features (and fit) see only those epochs.
     survey_seed: features of a ground-survey version of each curve (data.survey_augment), row
     r's version fixed by (survey_seed, r).
+    With a context view in the grid and a file that has a context, the context days outside the
+    season that the survey saw (data.survey_augment.context_block: Roman's seasons, or a ground
+    survey's with survey_seed) join the season's epochs; truncation removes them after the cut too.
     """
     try:
         f = mlh5.open_checked(path)
@@ -57,6 +61,11 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
             raise DataError(f"{path}: season of {season} d, the run's grid expects {grid['season_days']} d")
         time = f["time"][:]
         n = len(f["labels"])
+        with_context = bool(grid.get("context_bins")) and "context_time" in f
+        if with_context:  # the context days outside the season: the season itself is the dense curve's
+            time_c = f["context_time"][:]
+            outside = (time_c < time[0]) | (time_c > time[-1])
+            time_all = np.concatenate([time, time_c[outside]])
         rows = np.arange(n) if rows is None else np.asarray(rows)
         order = np.argsort(rows, kind="stable")
         features = np.zeros((len(rows), grid_length(grid), FEATURE_SETS[grid.get("features", "basic")]), dtype=np.float16)
@@ -71,10 +80,23 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
                 mag, err = f["mag"][idx], f["mag_err"][idx]  # h5py needs increasing indices: sorted
                 if survey_seed is not None:
                     mag, err = _ground(f, survey_seed, idx, time, mag, err)
+                context = None
+                if with_context:
+                    from data.survey_augment import context_block
+                    mag_c, err_c = context_block(survey_seed or 0, idx, time_c[outside], f["context_mag"][idx][:, outside],
+                                                 f["context_err"][idx][:, outside], season, survey_seed is not None)
+                    context = [time_all, np.concatenate([mag, mag_c], 1), np.concatenate([err, err_c], 1)]
                 if per_row:
-                    late = time[None, :] > np.asarray(truncate_fraction)[sel][:, None] * season
+                    cut = np.asarray(truncate_fraction)[sel][:, None] * season
+                    late = time[None, :] > cut
                     mag, err = np.where(late, np.nan, mag), np.where(late, np.nan, err)
-                features[sel] = grid_features(time[last], mag[:, last], err[:, last], 0.0, grid)
+                    if context:
+                        late = time_all[None, :] > cut
+                        context[1:] = [np.where(late, np.nan, a) for a in context[1:]]
+                if context and truncate_fraction is not None and not per_row:
+                    keep = time_all <= truncate_fraction * season
+                    context = [context[0][keep], context[1][:, keep], context[2][:, keep]]
+                features[sel] = grid_features(time[last], mag[:, last], err[:, last], 0.0, grid, context=context)
                 bar.update(len(idx))
             labels = f["labels"][:][rows].astype(np.int64)
             params = f["params"][:][rows]
@@ -245,17 +267,35 @@ def event_features(paths, grid: dict, name: str | None = None):
     fs, fb = fit["fs"][0], fit["fb"][0]
     ok = (fs > 0) & (fs > 1e-3 * np.abs(fb))  # a telescope whose fluxes carry the event
     if ok[ref] and ok.all():
-        scale = fs[ref] / fs[tel]
+        scale_of = fs[ref] / fs
+        scale = scale_of[tel]
         aligned = (flux - fb[tel]) * scale + fb[ref]
     else:  # no lensing signal to tie the scales: match baselines instead
-        scale = (fs[ref] + fb[ref]) / (fs[tel] + fb[tel])
+        scale_of = (fs[ref] + fb[ref]) / (fs + fb)
+        scale = scale_of[tel]
         aligned = flux * scale
     aligned_err = err * np.abs(scale)
     good = aligned > 0
     order = np.argsort(time[good], kind="stable")
     mag = -2.5 * np.log10(aligned[good][order])
     mag_err = 2.5 / np.log(10.0) * aligned_err[good][order] / aligned[good][order]
-    features = grid_features(time[good][order], mag[None], mag_err[None], start, grid)
+    context = None
+    if grid.get("context_bins"):  # every epoch of every file, on the same scale: the years around the window
+        full = [(t, 10.0 ** (-0.4 * (m - np.median(m[w]))), e) for (t, m, e), w in zip(curves, inside)]
+        t_all = np.concatenate([t for t, _, _ in full])
+        k_all = np.concatenate([np.full(len(t), k) for k, (t, _, _) in enumerate(full)])
+        f_all = np.concatenate([f for _, f, _ in full])
+        e_all = np.concatenate([0.4 * np.log(10.0) * f * e for _, f, e in full])
+        if ok[ref] and ok.all():
+            f_all = (f_all - fb[k_all]) * scale_of[k_all] + fb[ref]
+        else:
+            f_all = f_all * scale_of[k_all]
+        e_all = e_all * np.abs(scale_of[k_all])
+        keep = f_all > 0
+        o = np.argsort(t_all[keep], kind="stable")
+        context = (t_all[keep][o], -2.5 * np.log10(f_all[keep][o])[None],
+                   (2.5 / np.log(10.0) * e_all[keep][o] / f_all[keep][o])[None])
+    features = grid_features(time[good][order], mag[None], mag_err[None], start, grid, context=context)
     return features.astype(np.float16), {"window_start": float(start), "n_epochs": int(good.sum()),
                                          "n_files": n_files, "n_curves": len(paths),
                                          "note": data_notes(time[good][order], mag)}

@@ -8,6 +8,10 @@
 | `labels`        | (N,) i1       | 0 flat, 1 PSPL, 2 binary, 3 variable                        |
 | `params`        | (N,) compound | t0, tE, u0, alpha, s, q, rho, m_source, fs, m_base; var_kind,|
 |                 |               | period, amplitude, phase, rise, decay (variables)           |
+| `context_time`  | (Lc,) f8      | optional: the context's days, around the season (days since |
+|                 |               | its start; physics/microlensing/context.py)                 |
+| `context_mag`,  | (N, Lc) f4    | optional: each star's daily magnitude and error over the    |
+| `context_err`   |               | context (every day; which a survey saw is chosen later)     |
 | attrs           |               | schema_version, class_names, cadence_min, season_days,      |
 |                 |               | missing_fraction, preset, seed, code_version, counts, config|
 
@@ -32,6 +36,7 @@ from physics.microlensing.events import CLASS_NAMES, PARAMS_DTYPE
 
 SCHEMA_VERSION = 1
 ROW_DATASETS = ("mag", "mag_err", "magnification")
+CONTEXT_DATASETS = ("context_mag", "context_err")  # optional, on the `context_time` grid
 SHARD_ATTRS = ("shard_index", "n_shards", "row_start", "row_stop")
 
 
@@ -39,8 +44,9 @@ class SchemaError(ValueError):
     """A file that is not a readable microlensing HDF5 file of this schema."""
 
 
-def create(path, n_rows: int, time, attrs: dict) -> h5py.File:
-    """Create a file of n_rows events on the time grid `time`, datasets allocated, attrs set."""
+def create(path, n_rows: int, time, attrs: dict, context_time=None) -> h5py.File:
+    """Create a file of n_rows events on the time grid `time` (and the context's days
+    `context_time`, if given), datasets allocated, attrs set."""
     time = np.asarray(time, dtype=np.float64)
     f = h5py.File(path, "w")  # default format: a killed writer leaves a file that reopens
     f.create_dataset("time", data=time)
@@ -48,6 +54,12 @@ def create(path, n_rows: int, time, attrs: dict) -> h5py.File:
     for name in ROW_DATASETS:
         f.create_dataset(name, shape=(n_rows, T), dtype="<f4", chunks=(1, T) if n_rows else None,
                          fillvalue=1.0 if name == "magnification" else np.nan)
+    if context_time is not None:
+        context_time = np.asarray(context_time, dtype=np.float64)
+        f.create_dataset("context_time", data=context_time)
+        for name in CONTEXT_DATASETS:
+            f.create_dataset(name, shape=(n_rows, len(context_time)), dtype="<f4",
+                             chunks=(1, len(context_time)) if n_rows else None, fillvalue=np.nan)
     f.create_dataset("labels", shape=(n_rows,), dtype="i1")
     f.create_dataset("params", shape=(n_rows,), dtype=PARAMS_DTYPE)
     f.attrs["schema_version"] = SCHEMA_VERSION
@@ -73,6 +85,13 @@ def write_rows(f: h5py.File, start: int, labels, block: dict) -> None:
         skip = labels == 0 if name == "magnification" else np.zeros(len(labels), bool)
         for i in np.flatnonzero(~skip):
             write_chunk((start + i, 0), rows[i])
+    for name in CONTEXT_DATASETS:
+        if name in f:
+            if name not in block:
+                raise SchemaError(f"{f.filename}: the file has a context, the block written to it has none")
+            rows = np.ascontiguousarray(block[name], dtype="<f4")
+            for i in range(len(labels)):
+                f[name].id.write_direct_chunk((start + i, 0), rows[i])
 
 
 def open_checked(path) -> h5py.File:
@@ -93,6 +112,10 @@ def open_checked(path) -> h5py.File:
         for name in ROW_DATASETS:
             if f[name].shape != (n, T):
                 raise SchemaError(f"{path}: dataset {name} has shape {f[name].shape}, expected {(n, T)}")
+        if "context_time" in f:
+            for name in CONTEXT_DATASETS:
+                if name not in f or f[name].shape != (n, len(f["context_time"])):
+                    raise SchemaError(f"{path}: dataset {name} missing or not of shape {(n, len(f['context_time']))}")
         if f["params"].shape != (n,):
             raise SchemaError(f"{path}: dataset params has shape {f['params'].shape}, expected {(n,)}")
         if "rows_done" in f.attrs:
@@ -112,6 +135,8 @@ def load(path, rows=None) -> dict:
         sel = slice(None) if rows is None else np.asarray(rows)
         try:
             out = {name: f[name][sel] for name in ("labels", "params", *ROW_DATASETS)}
+            if "context_time" in f:
+                out.update({name: f[name][sel] for name in CONTEXT_DATASETS}, context_time=f["context_time"][:])
         except (OSError, KeyError) as err:
             raise SchemaError(f"{path}: damaged HDF5 file ({err})") from None
         out["time"] = f["time"][:]
@@ -143,14 +168,16 @@ def merge_shards(paths, output) -> int:
                 raise SchemaError(f"{path}: not a shard file (no shard_index attribute)")
             attrs = {k: v for k, v in f.attrs.items() if k not in SHARD_ATTRS}
             metas.append((int(f.attrs["shard_index"]), int(f.attrs["n_shards"]),
-                          int(f.attrs["row_start"]), int(f.attrs["row_stop"]), path, attrs, f["time"][:]))
+                          int(f.attrs["row_start"]), int(f.attrs["row_stop"]), path, attrs, f["time"][:],
+                          f["context_time"][:] if "context_time" in f else None))
     metas.sort(key=lambda m: m[0])
     n_shards = metas[0][1]
     first_attrs = metas[0][5]
-    for idx, n, _, _, path, attrs, time in metas:
+    for idx, n, _, _, path, attrs, time, context_time in metas:
         if n != n_shards or json.dumps(_plain(attrs), sort_keys=True) != json.dumps(_plain(first_attrs), sort_keys=True):
             raise SchemaError(f"{path}: shard of a different run than {metas[0][4]}")
-        if not np.array_equal(time, metas[0][6]):
+        if not np.array_equal(time, metas[0][6]) or (context_time is None) != (metas[0][7] is None) \
+                or (context_time is not None and not np.array_equal(context_time, metas[0][7])):
             raise SchemaError(f"{path}: time grid differs from {metas[0][4]}")
     indices = [m[0] for m in metas]
     if indices != list(range(n_shards)):
@@ -159,8 +186,9 @@ def merge_shards(paths, output) -> int:
         raise SchemaError(f"shards do not cover 0..{n_shards - 1} once: missing {missing}, repeated {dup}")
     n_rows = metas[-1][3]
     with create(output, n_rows, metas[0][6], {k: v for k, v in first_attrs.items()
-                                             if k != "schema_version"}) as out:
-        for _, _, start, stop, path, _, _ in metas:
+                                             if k != "schema_version"}, metas[0][7]) as out:
+        names = ROW_DATASETS + (CONTEXT_DATASETS if metas[0][7] is not None else ())
+        for _, _, start, stop, path, _, _, _ in metas:
             with h5py.File(path, "r") as f:
                 for offset in range(0, stop - start, 1024):
                     sel = slice(offset, min(offset + 1024, stop - start))
@@ -169,7 +197,7 @@ def merge_shards(paths, output) -> int:
                     for name in old.dtype.names:
                         params[name] = old[name]
                     write_rows(out, start + offset, f["labels"][sel],
-                               {"params": params, **{name: f[name][sel] for name in ROW_DATASETS}})
+                               {"params": params, **{name: f[name][sel] for name in names}})
     return n_rows
 
 

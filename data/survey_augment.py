@@ -102,3 +102,40 @@ def ground_block(seed: int, rows, time, mag, mag_err, significant):
         sig = significant[k] if significant is not None and significant[k].any() else None
         out_m[k], out_e[k] = ground_survey(rng, time, mag[k], mag_err[k], sig)
     return out_m, out_e
+
+
+CONTEXT_PER_NIGHT = (1.0, 10.0)  # ground epochs averaged into one night of the context, log-uniform per curve
+
+
+def context_block(seed, rows, time, mag, mag_err, season_days: float, ground: bool):
+    """The context days (physics/microlensing/context.py) a survey saw of a block of curves:
+    copies of mag, mag_err (N, Lc) with NaN on the days it did not see. Dense (Roman): the six
+    seasons' schedule; ground: bulge seasons, nights kept at the curve's rate, each night the mean
+    of 1-10 ground epochs (the dense day's error scaled by sqrt(day's exposures / n)), with the
+    main curves' extra scatter, error rescaling and outliers. Row r's version is fixed by
+    (seed, r) and independent of its season's ground version."""
+    from physics.microlensing.context import ground_days, roman_days
+    from physics.microlensing.survey import Season
+    per_day = 1440.0 / Season().cadence_min * (1.0 - Season().missing_fraction)
+    time = np.asarray(time, dtype=np.float64)
+    out_m = np.array(mag, dtype=np.float32, copy=True)
+    out_e = np.array(mag_err, dtype=np.float32, copy=True)
+    for k, r in enumerate(rows):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(10 if ground else 11, int(r))))
+        if not ground:
+            seen = roman_days(rng, time, season_days)
+        else:
+            seen = ground_days(rng, time, season_days)
+            n_night = np.exp(rng.uniform(*np.log(CONTEXT_PER_NIGHT)))
+            extra = rng.uniform(*EXTRA_SCATTER)
+            true_err = np.hypot(out_e[k].astype(np.float64) * np.sqrt(per_day / n_night), extra)
+            noisy = out_m[k] + np.sqrt(np.maximum(true_err ** 2 - out_e[k].astype(np.float64) ** 2, 0.0)) \
+                * rng.standard_normal(len(time))
+            reported = true_err * np.exp(rng.uniform(np.log(ERROR_FACTOR[0]), np.log(ERROR_FACTOR[1])))
+            outlier = rng.random(len(time)) < rng.uniform(*OUTLIERS)
+            noisy = noisy + outlier * rng.choice([-1.0, 1.0], len(time)) * rng.uniform(*OUTLIER_SIGMA, len(time)) \
+                * reported
+            out_m[k], out_e[k] = noisy, reported
+        out_m[k, ~seen] = np.nan
+        out_e[k, ~seen] = np.nan
+    return out_m, out_e

@@ -36,9 +36,9 @@ DEFAULTS = dict(model="patch_transformer", epochs=30, batch_size=64, lr=5e-4, we
                 warmup_epochs=1.0, val_fraction=0.1, test_fraction=0.1, dropout=0.1)
 IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",
                  "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "scaled_bins", "scaled_span",
-                 "survey_augment",
+                 "context_bins", "context_days", "survey_augment",
                  "truncate_augment", "data_fingerprint", "seed", "val_fraction", "test_fraction")
-IDENTITY_DEFAULTS = {"scaled_bins": 0, "scaled_span": 4.0}  # runs made before these options ran as their defaults
+IDENTITY_DEFAULTS = {"scaled_bins": 0, "scaled_span": 4.0, "context_bins": 0, "context_days": 15.0}  # runs made before these options ran as their defaults
 
 
 # --------------------------------------------------------------------------- train.py
@@ -62,6 +62,12 @@ def add_train_args(parser):
                         "+-(--scaled-span)) after the day grid, so events of any tE look alike there; residual "
                         "feature sets only; 0 = the day grid only")
     g.add_argument("--scaled-span", type=float, default=4.0, metavar="K", help="the scaled view covers t0 +- K tE")
+    g.add_argument("--context-bins", type=int, default=0, metavar="N",
+                   help="add N bins of --context-days each, centred on the window, from every epoch of the years "
+                        "around it (a real file's other seasons, a simulated star's context: physics/microlensing/"
+                        "context.py), residual against the window's single-lens fit: a variable varies there, a "
+                        "lensed star does not; residual feature sets only; 0 = the window only")
+    g.add_argument("--context-days", type=float, default=15.0, metavar="D", help="width of a context bin, days")
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")
@@ -88,12 +94,14 @@ def check_train_args(args):
     args.patch_size = 16 if args.patch_size is None else args.patch_size
     if args.model not in list_models("light_curve"):
         raise TaskError(f"unknown model {args.model!r}; choose from {', '.join(list_models('light_curve'))}")
-    if args.scaled_bins < 0 or args.scaled_span <= 0:
-        raise TaskError("--scaled-bins must be >= 0 and --scaled-span > 0")
-    if args.scaled_bins and args.features == "basic":
-        raise TaskError("--scaled-bins needs a single-lens fit: --features fspl_residual or pspl_residual")
-    if args.scaled_bins % args.patch_size and args.model == "patch_transformer":
-        raise TaskError(f"--scaled-bins {args.scaled_bins} must be a multiple of --patch-size {args.patch_size}")
+    for view, width in (("scaled", "span"), ("context", "days")):  # the two extra views: same rules
+        bins = getattr(args, f"{view}_bins")
+        if bins < 0 or getattr(args, f"{view}_{width}") <= 0:
+            raise TaskError(f"--{view}-bins must be >= 0 and --{view}-{width} > 0")
+        if bins and args.features == "basic":
+            raise TaskError(f"--{view}-bins needs a single-lens fit: --features fspl_residual or pspl_residual")
+        if bins % args.patch_size and args.model == "patch_transformer":
+            raise TaskError(f"--{view}-bins {bins} must be a multiple of --patch-size {args.patch_size}")
     for name in ("d_model", "n_layers"):
         if getattr(args, name) < 1:
             raise TaskError(f"--{name.replace('_', '-')} must be >= 1")

@@ -9,7 +9,6 @@ import numpy as np
 from data import microlensing as task_data
 from data import microlensing_ceiling as ceiling
 from data import microlensing_h5 as mlh5
-from data.lightcurves import grid_features, truncate
 from engine.inference import predict_log_probs
 from tasks import TaskError
 
@@ -235,7 +234,8 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     np.savez(P("predictions.npz"), rows=rows, y_true=y, y_pred=pred, probs=probs, u0=params["u0"], t0=params["t0"],
              class_names=np.array(names))
 
-    raw = mlh5.load(data_path, np.sort(rows[_examples(y, 4 * max(args.n_evolution_per_type, 3), args.seed)]))
+    raw_rows = np.sort(rows[_examples(y, 4 * max(args.n_evolution_per_type, 3), args.seed)])
+    raw = mlh5.load(data_path, raw_rows)
     acc = []
     if args.early_detection:
         per_class = {n: [] for n in names}
@@ -248,8 +248,10 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
                 per_class[n].append(float((p[y == c] == c).mean()) if (y == c).any() else float("nan"))
         summary["early_detection"] = plots.early_detection_plot(args.fractions, acc, P("early_detection_curve.png"),
                                                                 per_class=per_class, class_names=names, colors=colors)
-        summary["evolution"] = _evolution_plots(raw, grid, log_probs_of, names, args.n_evolution_per_type, P, colors)
-    raw_pred = np.exp(log_probs_of(grid_features(raw["time"], raw["mag"], raw["mag_err"], 0.0, grid)))
+        summary["evolution"] = _evolution_plots(raw, data_path, raw_rows, grid, log_probs_of, names,
+                                                args.n_evolution_per_type, P, colors)
+    # the file's own path to the features (its context days too, where the run has a context view)
+    raw_pred = np.exp(log_probs_of(task_data.h5_features(data_path, grid, raw_rows, progress=False)[0]))
     plots.example_grid(raw["time"], raw["mag"], raw["mag_err"], raw["labels"].astype(int), decide(raw_pred, point),
                        raw_pred, names, P("example_light_curves.png"), seed=args.seed, colors=colors)
     m = summary["metrics"]
@@ -341,17 +343,21 @@ def _examples(y, n_per_class, seed):
     return np.concatenate(picks) if picks else np.zeros(0, int)
 
 
-def _evolution_plots(raw, grid, log_probs_of, names, n_per_class, P, colors, n_steps=24):
-    """Probabilities of a few events as the season is observed, each from its truncated curve."""
+def _evolution_plots(raw, data_path, raw_rows, grid, log_probs_of, names, n_per_class, P, colors, n_steps=24):
+    """Probabilities of a few events as the season is observed, each from its truncated curve
+    (and, with a context view, the context days up to the same time)."""
     from plots import microlensing_eval as plots
     fractions = np.linspace(1.0 / n_steps, 1.0, n_steps)
     result = {}
     labels = raw["labels"].astype(int)
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:n_per_class] for c in range(len(names))]).astype(int)
+    chosen.sort()
+    all_probs = np.stack([np.exp(log_probs_of(task_data.h5_features(data_path, grid, raw_rows[chosen], progress=False,
+                                                                     truncate_fraction=f)[0], "evolution"))
+                          for f in fractions], axis=1) if len(chosen) else None      # (events, steps, classes)
     for c, name in enumerate(names):
         for k, i in enumerate(np.flatnonzero(labels == c)[:n_per_class]):
-            cuts = [truncate(raw["time"], raw["mag"][i], raw["mag_err"][i], f, grid["season_days"]) for f in fractions]
-            mags, errs = np.stack([m for m, _ in cuts]), np.stack([e for _, e in cuts])
-            probs = np.exp(log_probs_of(grid_features(raw["time"], mags, errs, 0.0, grid), "evolution"))
+            probs = all_probs[int(np.searchsorted(chosen, i))]
             result[f"{name}_{k}"] = plots.evolution_plot(
                 raw["time"], raw["mag"][i], raw["mag_err"][i], fractions, probs, c, names,
                 P(f"evolution_{name}_{k}.png"), title=f"{name} event {k}", colors=colors)

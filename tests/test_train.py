@@ -167,11 +167,14 @@ def test_seed_long_command(tmp_path, tiny_h5):
 
 
 def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5, photometry_dir):
-    for name, extra in (("a", []), ("b", ["--scaled-bins", "32"])):  # b also sees each curve in units of its tE
+    # b also sees each curve in units of its tE and the years around its season (the context view)
+    for name, extra in (("a", []), ("b", ["--scaled-bins", "32", "--context-bins", "32"])):
         assert train(tmp_path, tiny_h5, "--epochs", "1", "--seed", str(len(name)), *extra, name=name).returncode == 0
     r = run_script("evaluate.py", "--run", str(tmp_path / "results" / "b"), "--no-progress", "--fractions", "0.5", "1.0")
     assert r.returncode == 0, r.stderr
     summary = json.load(open(tmp_path / "results" / "b" / "eval_tiny" / "evaluation_summary.json"))
+    grid = torch.load(tmp_path / "results" / "b" / "best.pt", map_location="cpu", weights_only=True)["grid"]
+    assert grid["context_bins"] == 32 and grid["context_days"] == 15.0
     assert set(summary["variables"]["by_kind"]) == {"cv", "pulsator", "eclipsing", "lpv", "flare"}
     if summary["per_class"]["variable"]["support"]:  # the variables' own ceiling: those a single lens explains
         assert 0 <= summary["ceiling"]["variables_single_lens_like"]["all"] <= 1
@@ -217,6 +220,9 @@ def test_bad_inputs(tmp_path, tiny_h5):
         f["images"] = np.zeros((3, 4, 4))
     assert "schema_version" in one_error_line(train(tmp_path, str(wrong)), "train.py")
     assert "unknown model 'nope'" in one_error_line(train(tmp_path, tiny_h5, "--model", "nope"), "train.py")
+    assert "multiple of --patch-size" in one_error_line(train(tmp_path, tiny_h5, "--context-bins", "20"), "train.py")
+    assert "needs a single-lens fit" in one_error_line(train(tmp_path, tiny_h5, "--context-bins", "32", "--features",
+                                                             "basic"), "train.py")
     assert "no such file" in one_error_line(train(tmp_path, str(tmp_path / "missing.h5")), "train.py")
     # a run directory of another task
     run_dir = tmp_path / "results" / "other"

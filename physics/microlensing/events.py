@@ -29,7 +29,7 @@ import numpy as np
 
 from physics.microlensing.binary import AdaptiveBinaryLightCurve, AdaptiveSettings
 from physics.microlensing.single import espl_magnification
-from physics.microlensing import variables
+from physics.microlensing import context, variables
 from physics.microlensing.survey import NoiseModel, Season, lensing_snr, min_detectable_magnification, observe
 
 CLASS_NAMES = ("flat", "pspl", "binary", "variable")
@@ -147,6 +147,7 @@ class EventConfig:
     min_epochs: int = 3      # lensing signal exceeds `min_snr` sigma (same for PSPL and binary)
     oversample: float = 1.0  # candidates drawn per still-missing event in each round of the cut
     binary_tol: float = 1e-3  # VBBinaryLensing Tol = RelTol for the adaptive binary curves
+    context_days: float = context.CONTEXT_DAYS  # the star's daily curve over this span around the season; 0: none
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -155,6 +156,9 @@ class EventConfig:
             raise ValueError(f"unknown population {self.population!r}; choose from {', '.join(POPULATIONS)}")
         if not self.oversample >= 1.0:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
+        if self.context_days and self.context_days < self.season.length_days:
+            raise ValueError(f"context_days must be 0 or at least the season ({self.season.length_days:g} d), "
+                             f"got {self.context_days:g}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -240,6 +244,9 @@ class EventSimulator:
         self.cfg = cfg
         self.t = cfg.season.times()  # (T,) days
         self.binary_curve = AdaptiveBinaryLightCurve(self.t, cfg.season.dt, cfg.binary_tol, adaptive)
+        self.t_context = (context.context_times(cfg.season.length_days, cfg.context_days) if cfg.context_days
+                          else None)
+        self._vbbl = None
 
     def binary_magnification(self, p):
         """(n, T) binary magnifications for a params array p, computed adaptively."""
@@ -295,8 +302,9 @@ class EventSimulator:
         return hopeless
 
     def _variable(self, rng, star, tries: int = 100):
-        """(params, flux factor (T,)) of a variable on `star` that passes the cut; the star is
-        redrawn (as a flat star is) where `tries` variables of its kind all stay undetected."""
+        """(params, flux factor (T,), the drawn variable) of a variable on `star` that passes the
+        cut; the star is redrawn (as a flat star is) where `tries` variables of its kind all stay
+        undetected."""
         cfg = self.cfg
         kind = int(rng.integers(len(variables.KINDS)))
         row = np.array([star], dtype=PARAMS_DTYPE)
@@ -307,7 +315,7 @@ class EventSimulator:
                 if detectable_variable(cfg, row, factor[None])[0]:
                     for name in variables.VARIABLE_FIELDS:
                         row[name] = drawn[name]
-                    return row[0], factor.astype(np.float32)
+                    return row[0], factor.astype(np.float32), drawn
             stars = self._lensed(rng, 1, False)[0]
             for name in STAR_FIELDS:
                 row[name] = stars[name]
@@ -333,11 +341,35 @@ class EventSimulator:
             stars = self._lensed(rng, len(unlensed), False)[0]
             for name in STAR_FIELDS:
                 params[name][unlensed] = stars[name]
+        drawn = {}
         for i in np.flatnonzero(labels == VARIABLE):
-            params[i], magnification[i] = self._variable(rng, params[i])
+            params[i], magnification[i], drawn[i] = self._variable(rng, params[i])
         mag, mag_err = observe(rng, cfg.noise, params["m_base"], params["fs"], magnification, observed)
-        return {"mag": mag, "mag_err": mag_err, "magnification": magnification,
-                "params": params}
+        out = {"mag": mag, "mag_err": mag_err, "magnification": magnification, "params": params}
+        if self.t_context is not None:
+            out["context_mag"], out["context_err"] = self._context(seed, block_index, labels, params, drawn)
+        return out
+
+    def _context(self, seed, block_index, labels, params, drawn):
+        """The block's daily curves over the context (physics/microlensing/context.py), from their own
+        random stream, so the season's rows are the same with or without it."""
+        cfg, t = self.cfg, self.t_context
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(9, block_index)))
+        factor = np.ones((len(labels), len(t)))
+        lensed = np.flatnonzero((labels == PSPL) | (labels == BINARY))
+        if len(lensed):
+            p = params[lensed]
+            factor[lensed] = espl_magnification(t, p["t0"][:, None], p["tE"][:, None], p["u0"][:, None],
+                                                p["rho"][:, None])
+        for i in np.flatnonzero(labels == BINARY):
+            if self._vbbl is None:
+                from physics.microlensing.binary import make_vbbl
+                self._vbbl = make_vbbl(cfg.binary_tol, cfg.binary_tol)
+            factor[i] = context.binary_context(self._vbbl, t, params[i], factor[i])
+        for i, p in drawn.items():
+            factor[i] = variables.flux_factor(t, variables.extend(rng, p, t[0], t[-1], cfg.season.length_days))
+        return observe(rng, context.day_noise(cfg.noise, cfg.season), params["m_base"], params["fs"], factor,
+                       np.ones(factor.shape, bool))
 
 
 def shuffled_labels(seed: int, n_flat: int, n_pspl: int, n_binary: int, n_variable: int = 0):

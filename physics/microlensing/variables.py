@@ -59,6 +59,7 @@ FLARE_COUNT = (1, 4)              # flares per season, uniform integer
 FLARE_RISE = (0.0035, 0.03)       # d (5-45 min), log-uniform
 FLARE_DECAY = (0.01, 0.3)         # d, e-folding, log-uniform
 FLARE_PEAK = (0.1, 29.0)          # peak source flux factor - 1, log-uniform
+FLARE_MARGIN = 5.0                # d: flares added outside the season (`extend`) keep this far from it
 
 
 def _log_uniform(rng, lo_hi, n=None):
@@ -108,6 +109,38 @@ def draw(rng, kind: int, season_days: float) -> dict:
     else:
         raise ValueError(f"unknown variable kind {kind}")
     return p
+
+
+def extend(rng, p: dict, t_lo: float, t_hi: float, season_days: float) -> dict:
+    """A copy of a variable drawn for one season, its recurrent events (dwarf-nova outbursts,
+    flares) continued over [t_lo, t_hi] (the context, physics/microlensing/context.py) with the
+    same recurrence (outbursts) or rate per day (flares); the season's own events are kept, so the
+    copy's curve equals the original inside the season. Periodic kinds need nothing."""
+    kind = int(p["var_kind"])
+    q = dict(p)
+    if kind == CV:
+        before, after = [], []
+        t = p["_times"][0]
+        while t > t_lo - p["amplitude"] / p["decay"]:
+            t -= p["period"] * rng.uniform(0.8, 1.2)
+            before.append(t)
+        t = p["_times"][-1]
+        while t < t_hi:
+            t += p["period"] * rng.uniform(0.8, 1.2)
+            after.append(t)
+        q["_times"] = np.concatenate([before[::-1], p["_times"], after])
+    elif kind == FLARE:
+        # outside the season and FLARE_MARGIN days from it, so no added flare's rise or tail reaches into it
+        rate = len(p["_times"]) / season_days
+        outside = (t_hi - t_lo) - season_days - 2 * FLARE_MARGIN
+        n = rng.poisson(rate * max(outside, 0.0))
+        times = rng.uniform(t_lo, t_lo + max(outside, 0.0), n)
+        times = np.where(times >= -FLARE_MARGIN, times + season_days + 2 * FLARE_MARGIN, times)
+        q["_times"] = np.concatenate([p["_times"], times])
+        q["_rises"] = np.concatenate([p["_rises"], _log_uniform(rng, FLARE_RISE, n)])
+        q["_decays"] = np.concatenate([p["_decays"], _log_uniform(rng, FLARE_DECAY, n)])
+        q["_peaks"] = np.concatenate([p["_peaks"], _log_uniform(rng, FLARE_PEAK, n)])
+    return q
 
 
 def flux_factor(t, p: dict) -> np.ndarray:
