@@ -9,7 +9,9 @@ curve into such a curve:
    it falls in a night at one of them;
 2. weather: each site-night lost with a probability of 10-50%, and with probability 0.3 a run
    of 2-8 days lost at every site (bad weather, downtime);
-3. cadence: 1-40 epochs per night and site (log-uniform per site), epochs kept at random;
+3. cadence: 0.25-40 epochs per night and site (log-uniform per site; below 1, one night in 1/x
+   has an epoch: OGLE-II's and OGLE-IV's low-cadence bulge fields, 28-33 epochs in 72 days in the
+   shared OGLE variables' files, ~0.25 a night in the OGLE-II events'), epochs kept at random;
 4. noise: extra scatter of 0-0.02 mag in quadrature (ground photometry is poorer than Roman's
    at the same magnitude), included in the errors;
 5. errors: the reported errors are the true ones times a factor of 0.5-2 per site
@@ -28,7 +30,7 @@ N_SITES = (1, 3)
 NIGHT_HOURS = (6.0, 10.0)
 NIGHT_LOSS = (0.1, 0.5)
 GAP_PROBABILITY, GAP_DAYS = 0.3, (2.0, 8.0)
-PER_NIGHT = (1.0, 40.0)
+PER_NIGHT = (0.25, 40.0)
 EXTRA_SCATTER = (0.0, 0.02)
 ERROR_FACTOR = (0.5, 2.0)
 OUTLIERS = (0.0, 0.02)
