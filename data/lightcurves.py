@@ -30,9 +30,9 @@ channels 4-5 is made to the window's and the context's epochs together: in one s
 event's blending and tE are degenerate, its other seasons pin the baseline. A long-period
 variable varies in its other seasons (and leaves residuals there), a lensing event's star stays
 at its baseline; a file of one season has the window's bins only.
-Every channel but the
-mask is standardised with statistics of the training split (`feature_stats`, saved in every
-checkpoint) by `normalize`. Everything is computed from the epochs given, so a
+
+Every channel but the mask is standardised with statistics of the training split
+(`feature_stats`, saved in every checkpoint) by `normalize`. Everything is computed from the epochs given, so a
 curve truncated at a fraction of the season gets its own baseline (early detection is honest).
 """
 from __future__ import annotations

@@ -25,6 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from physics.microlensing.binary import full_binary_curve
+
 CONTEXT_DAYS = 1920.0     # span of the context, centred on the event's season (about 5 years)
 CONTEXT_STEP = 1.0        # days between context epochs (one per day)
 ROMAN_SEASON_STARTS = (0.0, 182.6, 365.25, 1278.4, 1461.0, 1643.6)  # d: 3 seasons, 2.5 years, 3 seasons
@@ -82,7 +84,6 @@ def binary_context(vbbl, t, p, single):
     """(Lc,) binary magnification on the context days: VBBinaryLensing's finite-source light curve
     where the source is within s + 1/s + 3 Einstein radii of the lens's centre of mass, the
     single lens `single` (the same t0, tE, u0, rho) farther out, where the two agree to < 1e-3."""
-    from physics.microlensing.binary import full_binary_curve
     out = np.array(single, dtype=np.float64)
     tau = (np.asarray(t) - p["t0"]) / p["tE"]
     near = np.hypot(tau, p["u0"]) < p["s"] + 1.0 / p["s"] + 3.0

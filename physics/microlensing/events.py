@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from physics.microlensing.binary import AdaptiveBinaryLightCurve, AdaptiveSettings
+from physics.microlensing.binary import AdaptiveBinaryLightCurve, AdaptiveSettings, make_vbbl
 from physics.microlensing.single import espl_magnification
 from physics.microlensing import context, variables
 from physics.microlensing.survey import NoiseModel, Season, lensing_snr, min_detectable_magnification, observe
@@ -363,7 +363,6 @@ class EventSimulator:
                                                 p["rho"][:, None])
         for i in np.flatnonzero(labels == BINARY):
             if self._vbbl is None:
-                from physics.microlensing.binary import make_vbbl
                 self._vbbl = make_vbbl(cfg.binary_tol, cfg.binary_tol)
             factor[i] = context.binary_context(self._vbbl, t, params[i], factor[i])
         for i, p in drawn.items():
