@@ -63,6 +63,7 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
         n = len(f["labels"])
         with_context = bool(grid.get("context_bins")) and "context_time" in f
         if with_context:  # the context days outside the season: the season itself is the dense curve's
+            from data.survey_augment import context_block
             time_c = f["context_time"][:]
             outside = (time_c < time[0]) | (time_c > time[-1])
             time_all = np.concatenate([time, time_c[outside]])
@@ -82,7 +83,6 @@ def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = 
                     mag, err = _ground(f, survey_seed, idx, time, mag, err)
                 context = None
                 if with_context:
-                    from data.survey_augment import context_block
                     mag_c, err_c = context_block(survey_seed or 0, idx, time_c[outside], f["context_mag"][idx][:, outside],
                                                  f["context_err"][idx][:, outside], season, survey_seed is not None)
                     context = [time_all, np.concatenate([mag, mag_c], 1), np.concatenate([err, err_c], 1)]

@@ -67,6 +67,14 @@ def _sampling(rng, time):
     return keep, site_of
 
 
+def _with_outliers(rng, mag, reported, keep=True):
+    """mag with OUTLIERS (a per-curve share) of the epochs in `keep` moved by OUTLIER_SIGMA
+    reported errors, up or down."""
+    n = len(mag)
+    outlier = keep & (rng.random(n) < rng.uniform(*OUTLIERS))
+    return mag + outlier * rng.choice([-1.0, 1.0], n) * rng.uniform(*OUTLIER_SIGMA, n) * reported
+
+
 def ground_survey(rng, time, mag, mag_err, significant=None):
     """One ground-survey version of a dense curve: copies of mag, mag_err (L,) float32, NaN where
     not observed. significant: (L,) bool, epochs with a significant lensing signal (None for
@@ -88,9 +96,7 @@ def ground_survey(rng, time, mag, mag_err, significant=None):
     out_mag = mag + extra * rng.standard_normal(n)
     factors = np.exp(rng.uniform(np.log(ERROR_FACTOR[0]), np.log(ERROR_FACTOR[1]), N_SITES[1]))
     reported = true_err * factors[np.maximum(site, 0)]
-    outlier = keep & (rng.random(n) < rng.uniform(*OUTLIERS))
-    out_mag = out_mag + outlier * rng.choice([-1.0, 1.0], n) * rng.uniform(*OUTLIER_SIGMA, n) * reported
-    out_mag = np.where(keep, out_mag, np.nan).astype(np.float32)
+    out_mag = np.where(keep, _with_outliers(rng, out_mag, reported, keep), np.nan).astype(np.float32)
     return out_mag, np.where(keep, reported, np.nan).astype(np.float32)
 
 
@@ -134,10 +140,7 @@ def context_block(seed, rows, time, mag, mag_err, season_days: float, ground: bo
             noisy = out_m[k] + np.sqrt(np.maximum(true_err ** 2 - out_e[k].astype(np.float64) ** 2, 0.0)) \
                 * rng.standard_normal(len(time))
             reported = true_err * np.exp(rng.uniform(np.log(ERROR_FACTOR[0]), np.log(ERROR_FACTOR[1])))
-            outlier = rng.random(len(time)) < rng.uniform(*OUTLIERS)
-            noisy = noisy + outlier * rng.choice([-1.0, 1.0], len(time)) * rng.uniform(*OUTLIER_SIGMA, len(time)) \
-                * reported
-            out_m[k], out_e[k] = noisy, reported
+            out_m[k], out_e[k] = _with_outliers(rng, noisy, reported), reported
         out_m[k, ~seen] = np.nan
         out_e[k, ~seen] = np.nan
     return out_m, out_e
