@@ -14,7 +14,12 @@ is masked). Each bin then carries four channels, all of which exist in real data
 | 4       | asinh(binned residual / error) from the curve's best single-lens fit     |
 | 5       | log10(binned fitted flux / the fit's baseline): the fitted shape        |
 
-Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS).
+Channels 4 and 5 exist in the residual feature sets only (FEATURE_SETS). The fit behind them is
+made to the epochs pre-binned (`fit_bins`: 30 minutes in the window, a quarter of a grid bin; a
+day within 20 days of it; 5 days beyond), its model then evaluated at every epoch: a dense Roman
+season costs half the epochs. A fit whose peak is a few pre-bins long (tE max(u0, rho) < 0.2 d:
+free-floating planets, the sharpest peaks) is then refined on the epochs themselves, so no
+timescale the grid resolves is smeared.
 
 The event's own timescale (`scaled_bins` > 0 in a run's grid, residual sets only): after the
 day grid come `scaled_bins` more bins of the same channels on a grid in units of the fitted
@@ -48,6 +53,21 @@ MASK_CHANNEL = 3
 FEATURE_SETS = {"basic": 4, "pspl_residual": 6, "fspl_residual": 6}
 RESIDUAL_FIT = {"pspl_residual": "pspl", "fspl_residual": "fspl"}
 LN10 = np.log(10.0)
+
+
+def nanpercentile_rows(x, q: float) -> np.ndarray:
+    """np.nanpercentile(x, q, axis=1, keepdims=True) of a 2-d array (linear interpolation), in
+    one sort: numpy's own goes row by row where a row holds NaN. An all-NaN row gives NaN."""
+    x = np.sort(np.asarray(x, dtype=np.float64), axis=1)                   # NaN sort last
+    if x.shape[1] == 0:
+        return np.full((len(x), 1), np.nan)
+    n = (~np.isnan(x)).sum(1)
+    pos = q / 100.0 * np.maximum(n - 1, 0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    rows = np.arange(len(x))
+    out = x[rows, lo] + (pos - lo) * (x[rows, hi] - x[rows, lo])
+    return np.where(n > 0, out, np.nan)[:, None]
 
 
 def _bin_rows(index, n_bins, weight, values):
@@ -85,7 +105,7 @@ def quiet_curves(binned, binned_err, observed, sigma: float) -> np.ndarray:
     stars, most eclipsing binaries: most of a survey's stream). The 10th percentile, not the
     median: a long event can brighten most of the season."""
     with np.errstate(all="ignore"):
-        ref = np.nanpercentile(np.where(observed, binned, np.nan), 10, axis=1, keepdims=True)
+        ref = nanpercentile_rows(np.where(observed, binned, np.nan), 10)
         excess = (binned - ref) / binned_err
     return (observed & (excess > sigma)).sum(1) < 3
 
@@ -105,6 +125,27 @@ def context_view(time, flux, weight, model, centre: float, n_bins: int, bin_days
     return binned, binned_err, observed, binned_model
 
 
+FIT_BIN_DAYS = (30.0 / 1440.0, 1.0, 5.0)  # the fit's pre-bins: in the window, within FIT_NEAR_DAYS of it, beyond
+FIT_NEAR_DAYS = 20.0
+FIT_SHARP_DAYS = 0.2   # a fit whose peak lasts ~tE max(u0, rho) < this (~10 pre-bins) is refined on the epochs
+
+
+def fit_bins(time, start: float, end: float) -> tuple[np.ndarray, int]:
+    """Pre-bins of the single-lens fit's epochs, (L,) index into n bins ordered in time, and n:
+    30 minutes in the window [start, end) (a quarter of the feature grid's 2-hour bins: a
+    Roman season's 6,912 epochs become 3,456, and no event the grid resolves is smeared), a day
+    within FIT_NEAR_DAYS of it (an event peaking just outside keeps its shape), 5 days beyond (the
+    other seasons pin the baseline; a 15-day context bin holds three of them)."""
+    t = np.asarray(time, dtype=np.float64)
+    before, after = t < start, t >= end
+    near = (before & (t >= start - FIT_NEAR_DAYS)) | (after & (t < end + FIT_NEAR_DAYS))
+    region = np.select([before & ~near, before & near, after & near, after & ~near], [0, 1, 3, 4], 2)
+    width = np.select([region == 2, near], [FIT_BIN_DAYS[0], FIT_BIN_DAYS[1]], FIT_BIN_DAYS[2])
+    key = region.astype(np.int64) * 10**9 + np.floor((t - start) / width + 1e-4).astype(np.int64)  # edges: as below
+    keys, index = np.unique(key, return_inverse=True)
+    return index.reshape(-1), len(keys)
+
+
 def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: float, fit_model: str | None = None,
                      scaled: tuple | None = None, quiet_sigma: float | None = None, context: tuple | None = None):
     """Bin curves sharing one time grid.
@@ -112,8 +153,9 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     time (L,) days; mag, mag_err (N, L), NaN where not observed.
     Returns flux, flux_err (N, n_bins) relative to each curve's median magnitude (NaN in empty
     bins) and observed (N, n_bins) bool; with fit_model ("pspl": point source, "fspl": point or
-    finite source), also the best single-lens fit to the epochs inside the grid, binned with the
-    same weights (N, n_bins), and its baseline flux (N,); with scaled = (bins, span), then the
+    finite source), also the best single-lens fit to the epochs inside the grid (fitted to them
+    pre-binned by `fit_bins`, evaluated at each), binned with the same weights (N, n_bins), and
+    its baseline flux (N,); with scaled = (bins, span), then the
     four arrays of `scaled_view` of the epochs inside the grid. quiet_sigma: curves that
     `quiet_curves` calls quiet are not fitted; their model is their weighted mean flux (no t0,
     tE: an empty scaled view). context = (time_c (Lc,), mag_c, err_c (N, Lc), bins, days): the
@@ -126,7 +168,7 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
     N, L = mag.shape
     good = np.isfinite(mag) & np.isfinite(mag_err) & (mag_err > 0)
     with np.errstate(all="ignore"):
-        m_ref = np.nanmedian(np.where(good, mag, np.nan), axis=1, keepdims=True)
+        m_ref = nanpercentile_rows(np.where(good, mag, np.nan), 50)
     m_ref = np.where(np.isfinite(m_ref), m_ref, 0.0)
     flux = 10.0 ** (-0.4 * (np.where(good, mag, m_ref) - m_ref))            # (N, L)
     weight = np.where(good, 1.0 / (0.4 * LN10 * flux * np.where(good, mag_err, 1.0)) ** 2, 0.0)
@@ -144,7 +186,7 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
         return binned, binned_err, observed
     if fit_model not in ("pspl", "fspl"):
         raise ValueError(f"unknown single-lens fit {fit_model!r} (pspl, fspl)")
-    from physics.microlensing.fit import fit_pspl
+    from physics.microlensing.fit import fit_pspl, single_lens_model
     # the fit sees the window's epochs and, with a context, the epochs around it: a long event's
     # baseline is pinned by its other seasons (in one season the blend and tE are degenerate)
     fit_time, fit_flux, fit_w = time[inside], np.where(good[:, inside], flux_in, np.nan), w_in
@@ -160,8 +202,6 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
         fit_time = np.concatenate([fit_time, time_c[away]])
         fit_flux = np.concatenate([fit_flux, np.where(good_c, flux_c, np.nan)], axis=1)
         fit_w = np.concatenate([fit_w, weight_c], axis=1)
-    order = np.argsort(fit_time, kind="stable")
-    back = np.argsort(order)
     # a quiet curve (no brightening) is "fitted" by its weighted mean flux: nothing to fit a lens to
     todo = np.arange(N) if quiet_sigma is None else np.flatnonzero(~quiet_curves(binned, binned_err, observed,
                                                                                  quiet_sigma))
@@ -170,11 +210,26 @@ def bin_light_curves(time, mag, mag_err, t_start: float, n_bins: int, bin_days: 
         fit = {"model": np.repeat(mean[:, None], len(fit_time), axis=1), "t0": np.full(N, np.nan),
                "tE": np.full(N, np.nan), "fs": np.zeros((N, 1)), "fb": mean[:, None].copy()}
         if len(todo):
-            part = fit_pspl(fit_time[order], fit_flux[todo][:, order],
-                            np.where(fit_w[todo] > 0, fit_w[todo], np.nan)[:, order] ** -0.5,
+            # fitted to the epochs pre-binned (`fit_bins`), the model then evaluated at every epoch
+            fit_index, n_fit = fit_bins(fit_time, t_start, t_start + n_bins * bin_days)
+            shape = (len(todo), len(fit_time))
+            sum_w, (b_time, b_flux) = _bin_rows(np.broadcast_to(fit_index, shape), n_fit, fit_w[todo],
+                                                [np.broadcast_to(fit_time, shape),
+                                                 np.where(fit_w[todo] > 0, fit_flux[todo], 0.0)])
+            part = fit_pspl(np.where(sum_w > 0, b_time, 0.0), b_flux, np.where(sum_w > 0, sum_w, np.nan) ** -0.5,
                             finite_source=fit_model == "fspl")
-            part["model"] = part["model"][:, back]
-            for key in fit:
+            # a peak of a few pre-bins (tE max(u0, rho) < FIT_SHARP_DAYS) is smeared by them: refined on the epochs
+            sharp = np.flatnonzero(part["tE"] * np.fmax(part["u0"], part["rho"]) < FIT_SHARP_DAYS)
+            if len(sharp):
+                order = np.argsort(fit_time, kind="stable")
+                rows = todo[sharp]
+                raw = fit_pspl(fit_time[order], fit_flux[rows][:, order],
+                               np.where(fit_w[rows] > 0, fit_w[rows], np.nan)[:, order] ** -0.5,
+                               finite_source=fit_model == "fspl", start={k: part[k][sharp] for k in ("t0", "tE", "u0")})
+                for key in ("t0", "tE", "u0", "rho", "fs", "fb"):
+                    part[key][sharp] = raw[key]
+            fit["model"][todo] = single_lens_model(part, fit_time)
+            for key in ("t0", "tE", "fs", "fb"):
                 fit[key][todo] = part[key][:, :1] if key in ("fs", "fb") else part[key]
     n_in = int(inside.sum())
     model = fit["model"][:, :n_in]                                          # (N, L_inside) fitted flux
@@ -198,7 +253,7 @@ def features_from_bins(flux, flux_err, observed, model=None, model_baseline=None
     out = np.zeros((N, T, N_CHANNELS if model is None else 6), dtype=np.float32)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a curve with nothing in view: all-NaN, masked anyway
-        baseline = np.nanpercentile(np.where(observed, flux, np.nan), 25, axis=1, keepdims=True)
+        baseline = nanpercentile_rows(np.where(observed, flux, np.nan), 25)
         if fit_baseline:
             fitted = np.asarray(model_baseline, dtype=np.float64)[:, None]
             baseline = np.where(np.isfinite(fitted) & (fitted > 0), fitted, baseline)

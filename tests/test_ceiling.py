@@ -218,3 +218,72 @@ def test_ceiling_annotations_are_kept_and_reused(tmp_path, tiny_h5):
     np.testing.assert_array_equal(again["dchi2_pspl"][:3], first["dchi2_pspl"][[2, 0, 1]])
     with np.load(tmp_path / "tiny.h5.dchi2.npz") as z:
         assert sorted(z["rows"].tolist()) == [1, 3, 5, 7]
+
+
+def test_fit_sees_each_curves_own_epochs_whatever_the_others():
+    """fit_pspl fits each curve on its observed epochs only (compacted, curves of similar counts
+    together): a curve fitted among others of any sampling, or with its unobserved epochs
+    dropped, gives the same fit; the model is given at every epoch, the unobserved ones too."""
+    t0, tE, u0 = np.array([30.0, 20.0, 45.0]), np.array([10.0, 3.0, 25.0]), np.array([0.1, 0.3, 0.05])
+    A = pspl_magnification(T, t0[:, None], tE[:, None], u0[:, None])
+    mag, err, _ = _observe(A, 19.5, 0.5, seed=7)
+    ref = np.nanmedian(mag, 1, keepdims=True)
+    flux = 10 ** (-0.4 * (mag - ref))
+    ferr = 0.4 * np.log(10) * flux * err
+    rng = np.random.default_rng(3)
+    sparse = rng.random(len(T)) < 0.05                                # a ground-like curve: 5% of the epochs
+    flux[1, ~sparse], ferr[1, ~sparse] = np.nan, np.nan
+    together = fit_pspl(T, flux, ferr, finite_source=True)
+    for i in range(3):
+        alone = fit_pspl(T, flux[i:i + 1], ferr[i:i + 1], finite_source=True)
+        for key in ("t0", "tE", "u0", "chi2"):
+            np.testing.assert_allclose(together[key][i], alone[key][0], rtol=1e-6)
+    seen = np.isfinite(flux[1])
+    dropped = fit_pspl(T[seen], flux[1:2, seen], ferr[1:2, seen])
+    np.testing.assert_allclose(dropped["tE"][0], together["tE"][1], rtol=1e-6)
+    assert np.isfinite(together["model"]).all()                        # every epoch, observed or not
+    np.testing.assert_allclose(together["tE"], tE, rtol=0.1)
+    assert together["n_obs"][1] == seen.sum()
+
+
+def test_finite_source_is_tried_where_the_peak_misfits_not_where_everything_does(monkeypatch):
+    """The finite-source refit runs where the point-source fit misses the peak (a source rounding
+    it) and not where the misfit lies beyond the peak (a pulsating star: a finite source cannot
+    help there, and that refit was most of a survey stream's fitting time)."""
+    import physics.microlensing.fit as fit_module
+    calls = []
+    original = fit_module._finite_source_refine
+    monkeypatch.setattr(fit_module, "_finite_source_refine", lambda theta, *a: calls.append(len(theta)) or original(theta, *a))
+    rounded = espl_magnification(T, 30.0, 8.0, 0.005, 0.03)[None]
+    mag, err, _ = _observe(rounded, 19.5, 0.6, seed=2)
+    flux = 10 ** (-0.4 * (mag - np.nanmedian(mag)))
+    fit = fit_pspl(T, flux, 0.4 * np.log(10) * flux * err, finite_source=True)
+    assert calls == [1] and np.isfinite(fit["rho"][0])
+    # a pulsating star (0.3 mag, 1.7 d) with a brightening the point-source fit takes for a peak:
+    # misfit all season, so no finite-source refit (without the gate it would get one)
+    pulsator = 10 ** (0.4 * 0.3 * np.sin(2 * np.pi * T / 1.7)) * pspl_magnification(T, 36.0, 5.0, 0.1)
+    mag, err, _ = _observe(pulsator[None].astype(np.float64), 18.0, 1.0, seed=5)
+    flux = 10 ** (-0.4 * (mag - np.nanmedian(mag)))
+    for peak, expected in ((fit_module.FS_PEAK, []), (np.inf, [1])):
+        monkeypatch.setattr(fit_module, "FS_PEAK", peak)
+        calls.clear()
+        fit = fit_pspl(T, flux, 0.4 * np.log(10) * flux * err, finite_source=True)
+        assert calls == expected, (peak, calls)
+    assert fit["u0"][0] < fit_module.FS_U0_MAX
+
+
+def test_fit_refines_from_a_given_start_to_the_searched_fit():
+    """start=: the fit refines an earlier solution (the features' fit to pre-binned epochs) on
+    these epochs instead of searching: from 5% off in t0, tE and u0 it reaches the searched χ²."""
+    t0, tE, u0 = np.array([30.0, 36.2]), np.array([0.15, 12.0]), np.array([0.1, 0.05])
+    A = pspl_magnification(T, t0[:, None], tE[:, None], u0[:, None])
+    mag, err, _ = _observe(A, 19.0, 0.5, seed=9)
+    flux = 10 ** (-0.4 * (mag - np.nanmedian(mag, 1, keepdims=True)))
+    ferr = 0.4 * np.log(10) * flux * err
+    searched = fit_pspl(T, flux, ferr)
+    start = {"t0": t0 + 0.05 * tE, "tE": 1.05 * tE, "u0": 0.95 * u0}
+    refined = fit_pspl(T, flux, ferr, start=start)
+    np.testing.assert_allclose(refined["chi2"], searched["chi2"], rtol=1e-4)
+    np.testing.assert_allclose(refined["tE"], tE, rtol=0.05)
+    lost = fit_pspl(T, flux, ferr, start={"t0": t0 + 20.0, "tE": tE, "u0": u0})   # no search: a start 20 d off
+    assert lost["chi2"][0] > searched["chi2"][0] + 100                        # never finds the 0.15-day event

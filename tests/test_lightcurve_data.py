@@ -214,3 +214,50 @@ def test_data_notes_say_what_limits_a_prediction(tmp_path):
     np.savetxt(tmp_path / "edge.dat", np.c_[t + 8000, rising, np.full(len(t), 0.01)], fmt="%.5f")
     _, _, infos = task_data.file_features(str(tmp_path / "edge.dat"), GRID, progress=False)
     assert "edge of the data" in infos[0]["note"]
+
+
+def test_nanpercentile_rows_is_numpys():
+    from data.lightcurves import nanpercentile_rows
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 41))
+    x[rng.random(x.shape) < 0.7] = np.nan
+    x[0], x[1, 1:] = np.nan, np.nan                                   # no value; one value
+    x[2, 3] = np.inf
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):    # numpy warns of the all-NaN row
+        for q in (0, 10, 25, 50, 100):
+            np.testing.assert_allclose(nanpercentile_rows(x, q), np.nanpercentile(x, q, axis=1, keepdims=True),
+                                       rtol=1e-12, equal_nan=True)
+    assert nanpercentile_rows(x[:, :0], 50).shape == (60, 1)
+
+
+def test_fit_pre_bins_keep_every_timescale_and_the_context():
+    """The single-lens fit sees the epochs pre-binned (30 min in the window, a day near it, 5 days
+    beyond) and its model is then evaluated at every epoch: single lenses from 0.15 to 100 days,
+    peaking inside the window or 5 days after it, leave noise-level residuals in the window's and
+    the context's bins."""
+    from data.lightcurves import FIT_BIN_DAYS, fit_bins, bin_light_curves
+    from physics.microlensing.single import pspl_magnification
+    t = np.arange(0, 72, 15 / 1440)
+    t_c = np.arange(-900.0, 972.0, 1.0)
+    index, n = fit_bins(np.concatenate([t, t_c[(t_c < 0) | (t_c >= 72)]]), 0.0, 72.0)
+    width = np.bincount(index)
+    assert n == index.max() + 1 and np.all(np.diff(index[:len(t)]) >= 0)
+    assert np.all(width[index[:len(t)]] == 2)                          # two 15-min epochs per 30-min bin
+    assert len(np.unique(index[:len(t)])) == int(72 / FIT_BIN_DAYS[0])
+    assert n < len(t) / 2 + 40 + 2 * 900 / 5 + 2                       # 3,456 + 40 daily + 5-day bins
+    t0, tE, u0 = np.array([36.0, 20.0, 50.0, 77.0]), np.array([0.15, 3.0, 100.0, 8.0]), np.array([0.1, 0.3, 0.2, 0.3])
+    rng = np.random.default_rng(2)
+    err = 0.01
+    def mags(tt):
+        return 19 - 2.5 * np.log10(pspl_magnification(tt, t0[:, None], tE[:, None], u0[:, None])) \
+            + err * rng.standard_normal((4, len(tt)))
+    context = (t_c, mags(t_c), np.full((4, len(t_c)), err), 128, 15.0)
+    n_bins, bin_days = grid_size(72.0, 120.0)
+    out = bin_light_curves(t, mags(t), np.full((4, len(t)), err), 0.0, n_bins, bin_days, fit_model="fspl",
+                           context=context)
+    binned, binned_err, observed, model = out[:4]
+    pull = np.where(observed, (binned - model) / binned_err, 0.0)
+    assert np.all(np.sqrt((pull ** 2).sum(1) / observed.sum(1)) < 1.3), (pull ** 2).sum(1) / observed.sum(1)
+    c_flux, c_err, c_obs, c_model = out[5]
+    c_pull = np.where(c_obs, (c_flux - c_model) / c_err, 0.0)
+    assert np.all(np.sqrt((c_pull ** 2).sum(1) / c_obs.sum(1)) < 1.3), (c_pull ** 2).sum(1) / c_obs.sum(1)

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import VBBinaryLensing
-from scipy.interpolate import CubicSpline
-from scipy.spatial import cKDTree
 
 
 def binary_trajectory(t, u0, alpha, tE, t0):
@@ -103,6 +101,7 @@ class AdaptiveBinaryLightCurve:
         k = self.settings.coarse_step
         T = len(y1)
         coarse = np.arange(0, T + k - 1, k).clip(max=T - 1)
+        from scipy.spatial import cKDTree  # imported here: reading files (predict.py) needs no scipy
         dist, _ = cKDTree(pts).query(np.column_stack([y1[coarse], y2[coarse]]))
         dist = dist - 0.5 * seg
         i = np.arange(T)
@@ -133,6 +132,7 @@ class AdaptiveBinaryLightCurve:
         return np.log(out)
 
     def __call__(self, s, q, u0, alpha, rho, tE, t0):
+        from scipy.interpolate import CubicSpline
         st = self.settings
         t, T = self.t, len(self.t)
         self.n_evals = 0

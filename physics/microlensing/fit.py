@@ -10,7 +10,9 @@ search is Levenberg-Marquardt from several starts: a coarse pass on the curve bi
 magnitudes, fluxes free).
 
 Everything is vectorised over curves × starts, so a few thousand full-cadence Roman seasons
-(6,912 epochs each) fit in a minute on a laptop CPU. Used for the Δχ² ceiling of evaluate.py
+(6,912 epochs each) fit in a minute on a laptop CPU. Each curve costs its observed epochs only:
+curves are compacted to those and fitted in blocks of similar counts, so a ground survey's
+sparse curve on a dense grid (or a file's years of context days) is cheap. Used for the Δχ² ceiling of evaluate.py
 (how far a binary is from any single-lens curve) and for the classifier's residual features.
 """
 from __future__ import annotations
@@ -27,10 +29,12 @@ START_TE = (4.0, 15.0, 40.0)
 START_U0 = (0.03, 0.3)
 LN_RHO = (math.log(1e-4), math.log(0.5))   # bounds of ln rho (finite-source fits)
 MAG_PER_LN = 2.5 / math.log(10.0)
-FIT_CHUNK = 16        # curves fitted at a time (see fit_pspl)
+FIT_CHUNK = 32        # curves fitted at a time (see fit_pspl)
 FS_U0_MAX = 0.5      # a finite source is tried where the point-source fit's u0 is below this
 FS_WINDOW = 0.2      # ... and its χ² within |t - t0| < FS_WINDOW tE exceeds the number n of epochs there
 FS_TRIGGER = 2.0     # by more than max(25, FS_TRIGGER sqrt(2 n)) (2 sigma of noise)
+FS_PEAK = 1.0        # ... and its misfit within |t - t0| < FS_PEAK tE (where a source of rho <= 0.5 acts)
+                     # exceeds the misfit beyond
 # finite-source starts (tE, u0, rho) relative to the point-source fit's (tE, u0, u0): a rounded
 # peak makes that fit too wide in u0, or, blended, too long in tE
 FS_STARTS = ((1.0, 1.0, 1.0), (1.0, 0.3, 2.0), (1.0, 1.0, 0.3), (1 / 3, 3.0, 3.0), (1 / 3, 1.0, 6.0), (1 / 9, 9.0, 9.0))
@@ -203,7 +207,7 @@ def _bin(time, flux, weight, onehot, n_points):
 
 
 def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: int = 15,
-             coarse_points: int = 400, finite_source: bool = False, device="cpu") -> dict:
+             coarse_points: int = 400, finite_source: bool = False, device="cpu", start: dict | None = None) -> dict:
     """Best PSPL fit of each curve; with finite_source, the best single-lens fit (PSPL or a
     uniform finite source, FSPL).
 
@@ -217,8 +221,10 @@ def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: i
     finite_source: where the point-source fit's u0 < FS_U0_MAX (where a source of rho <~ 0.1 can
     round the peak), A = A_PS(u) B0(u / rho) (`finite_source_factor`; accurate to ~2e-3 for
     rho <= 0.1) is refined on every epoch from the six FS_STARTS where the χ² near the peak
-    exceeds the number n of epochs there by more than max(25, 2 sqrt(2 n)), and kept where its
-    χ² is lower. (Refitting every curve with u0 < FS_U0_MAX also catches a small source's
+    exceeds the number n of epochs there by more than max(25, 2 sqrt(2 n)) and the misfit within
+    FS_PEAK tE of t0 exceeds the misfit beyond (pulls capped at 5 sigma), and kept where its
+    χ² is lower. start: t0, tE, u0 (N,) of an earlier fit (e.g. to the curves binned) to refine
+    on these epochs instead of searching from the starts. (Refitting every curve with u0 < FS_U0_MAX also catches a small source's
     ~rho^2 / (8 u^2) brightening of the wings, at twice the cost, for 0 of 200 more planetary
     single lenses explained.)
     """
@@ -233,15 +239,64 @@ def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: i
     time = np.broadcast_to(np.asarray(time, dtype=np.float64), (N, L))
     err = np.broadcast_to(np.asarray(flux_err, dtype=np.float64), (N, L))
     tel = None if telescope is None else np.broadcast_to(np.asarray(telescope, dtype=np.int64), (N, L))
-    # blocks of FIT_CHUNK curves: the per-epoch arrays of all starts stay in the CPU's cache
-    parts = [_fit_block(time[i:i + FIT_CHUNK], flux[i:i + FIT_CHUNK], err[i:i + FIT_CHUNK],
-                        None if tel is None else tel[i:i + FIT_CHUNK], G, n_iter, n_refine, coarse_points,
-                        finite_source, device) for i in range(0, N, FIT_CHUNK)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    # each curve's observed epochs only, curves of similar counts fitted together in blocks of
+    # FIT_CHUNK (the per-epoch arrays of all starts stay in the CPU's cache): a ground survey's
+    # curve or a year of context days costs its epochs, not the grid's
+    good = np.isfinite(flux) & np.isfinite(err) & (err > 0) & np.isfinite(time)
+    n_good = good.sum(1)
+    rows = np.argsort(n_good, kind="stable")
+    parts = []
+    for i in range(0, N, FIT_CHUNK):
+        r = rows[i:i + FIT_CHUNK]
+        width = max(int(n_good[r].max()), 1)
+        cols = _compact_columns(good[r], width)
+        take = lambda a: np.take_along_axis(a[r], cols, 1)  # noqa: E731
+        kept = np.arange(width)[None, :] < n_good[r][:, None]                  # the padding is no epoch
+        theta0 = None if start is None else np.stack([start["t0"][r], np.log(start["tE"][r]), np.log(start["u0"][r])], 1)
+        part = _fit_block(take(time), np.where(kept, take(flux), np.nan), take(err),
+                          None if tel is None else take(tel), G, n_iter, n_refine, coarse_points, finite_source, device,
+                          theta0)
+        part["model"] = single_lens_model(part, time[r], None if tel is None else tel[r])
+        parts.append(part)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    back = np.argsort(rows)
+    return {k: v[back] for k, v in out.items()}
 
 
-def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, finite_source, device) -> dict:
-    """fit_pspl on a block of curves; time, flux, err (N, L); telescope (N, L) or None; G telescopes."""
+def _compact_columns(good, width: int) -> np.ndarray:
+    """(B, width) column indices: each row's observed columns in order, then its last observed
+    column repeated (padding, to be masked), or column 0 for a row with none."""
+    B, L = good.shape
+    order = np.argsort(~good, axis=1, kind="stable")[:, :width]   # observed first, in time order
+    n = good.sum(1)
+    last = order[np.arange(B), np.maximum(n - 1, 0)]
+    return np.where(np.arange(width)[None, :] < n[:, None], order, last[:, None])
+
+
+def single_lens_model(fit: dict, time, telescope=None) -> np.ndarray:
+    """(N, L) fitted flux of `fit_pspl`'s results (t0, tE, u0, rho, fs, fb) at `time` (L,) or
+    (N, L), per telescope (N, L) ints or None; NaN for a curve without a fit."""
+    t0, tE, u0, rho = (torch.as_tensor(np.asarray(fit[k], dtype=np.float64)) for k in ("t0", "tE", "u0", "rho"))
+    N = len(t0)
+    time = torch.as_tensor(np.broadcast_to(np.asarray(time, dtype=np.float64), (N, np.shape(time)[-1])).copy())
+    fs, fb = (torch.as_tensor(np.asarray(fit[k], dtype=np.float64)) for k in ("fs", "fb"))
+    if telescope is None:
+        fs_t, fb_t = fs[:, :1], fb[:, :1]
+    else:
+        tel = torch.as_tensor(np.broadcast_to(np.asarray(telescope, dtype=np.int64), time.shape).copy())
+        fs_t, fb_t = fs.gather(1, tel), fb.gather(1, tel)
+    finite = torch.isfinite(rho)
+    theta = torch.stack([t0, tE.log(), u0.log(), torch.where(finite, rho, 1.0).log()], 1)
+    A = _magnification(theta[:, :3], time)
+    if finite.any():
+        A[finite] = _magnification(theta[finite], time[finite])
+    return (fs_t * A + fb_t).numpy()
+
+
+def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, finite_source, device,
+               theta0=None) -> dict:
+    """fit_pspl on a block of curves; time, flux, err (N, L); telescope (N, L) or None; G telescopes;
+    theta0 (N, 3) t0, ln tE, ln u0 to refine instead of the search from the starts."""
     flux, err, time = (torch.tensor(np.asarray(x), device=device) for x in (flux, err, time))  # copies
     N, L = flux.shape
     good = torch.isfinite(flux) & torch.isfinite(err) & (err > 0) & torch.isfinite(time)
@@ -260,17 +315,12 @@ def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, f
     t_last = torch.where(good, time, -torch.inf).max(1).values
     span = (t_last - t_first).clamp(min=1.0)
     t_lo, t_hi = t_first - 0.5 * span, t_last + 0.5 * span
-    if L > coarse_points:
-        c_time, c_flux, c_weight, c_onehot = _bin(time, flux, weight, onehot, coarse_points)
+    if theta0 is not None:
+        theta0 = torch.tensor(np.asarray(theta0, dtype=np.float64), device=device)
+        fallback = torch.tensor([0.0, math.log(START_TE[1]), math.log(START_U0[1])], dtype=theta0.dtype, device=device)
+        theta = _clamp(torch.where(torch.isfinite(theta0), theta0, fallback), t_lo, t_hi)
     else:
-        c_time, c_flux, c_weight, c_onehot = time, flux, weight, onehot
-    starts = _starts(c_time, c_flux, c_weight)                                  # (N, S, 3)
-    S = starts.shape[1]
-    rep = lambda x: x.repeat_interleave(S, 0)  # noqa: E731
-    theta, fs, fb, chi2 = _levenberg_marquardt(starts.reshape(N * S, 3), None, None, rep(c_time), rep(c_flux),
-                                               rep(c_weight), rep(c_onehot), n_iter, rep(t_lo), rep(t_hi))
-    best = chi2.reshape(N, S).nan_to_num(torch.inf).argmin(1)
-    theta = theta.reshape(N, S, 3)[torch.arange(N), best]
+        theta = _search(time, flux, weight, onehot, coarse_points, n_iter, t_lo, t_hi)
     # refine on every epoch, in magnitudes: the observable whose errors are Gaussian-like and
     # do not depend on the measured flux (flux-space weights from the measured flux favour
     # models above the data)
@@ -279,7 +329,8 @@ def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, f
     mag_weight = torch.where(good & (flux > 0), weight * flux * flux / MAG_PER_LN ** 2, 0.0)
     theta, fs, fb, chi2 = _levenberg_marquardt(theta, fs, fb, time, mag, mag_weight, onehot, n_refine, t_lo, t_hi,
                                                mag_space=True)
-    if L > coarse_points:  # an event shorter than a few coarse bins is smeared there: a start from the epochs
+    if L > coarse_points and theta0 is None:  # an event shorter than a few coarse bins is smeared there:
+        # a start from the epochs
         theta, fs, fb, chi2 = _short_event_start(theta, fs, fb, chi2, time, flux, weight, mag, mag_weight, onehot,
                                                  n_refine, t_lo, t_hi, coarse_points)
     model = (onehot * fs.unsqueeze(1)).sum(-1) * _magnification(theta, time) + (onehot * fb.unsqueeze(1)).sum(-1)
@@ -290,6 +341,15 @@ def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, f
         resid = mag + MAG_PER_LN * torch.log(torch.where(model > 0, model, 1.0))
         excess = (torch.where(near, mag_weight * resid * resid, 0.0).sum(1) - near.sum(1)).nan_to_num(0.0)
         poor = excess > torch.clamp(FS_TRIGGER * torch.sqrt(2.0 * near.sum(1)), min=25.0)
+        # ... and the misfit is mostly there: a finite source changes the peak only (a variable
+        # star misfit everywhere is not refitted); each epoch counted up to 5 sigma, so a few
+        # outliers in the wings do not decide
+        pull2 = (mag_weight * resid * resid).clamp(max=25.0)
+        peak = (tau.abs() < FS_PEAK) & (mag_weight > 0)
+        away = (~peak) & (mag_weight > 0)
+        excess_peak = (torch.where(peak, pull2, 0.0).sum(1) - peak.sum(1)).nan_to_num(0.0)
+        excess_away = (torch.where(away, pull2, 0.0).sum(1) - away.sum(1)).nan_to_num(0.0)
+        poor = poor & (excess_peak > excess_away)
         rows = ((theta[:, 2].exp() < FS_U0_MAX) & torch.isfinite(chi2) & poor).nonzero().squeeze(1)
         if len(rows):
             fit = _finite_source_refine(theta[rows], time[rows], flux[rows], weight[rows], mag[rows], mag_weight[rows],
@@ -305,6 +365,23 @@ def _fit_block(time, flux, err, telescope, G, n_iter, n_refine, coarse_points, f
             "u0": theta[:, 2].exp().cpu().numpy(), "rho": rho.cpu().numpy(), "fs": (fs * scale).cpu().numpy(),
             "fb": (fb * scale).cpu().numpy(), "chi2": chi2.cpu().numpy(), "n_obs": (mag_weight > 0).sum(1).cpu().numpy(),
             "model": (model * scale).cpu().numpy()}
+
+
+def _search(time, flux, weight, onehot, coarse_points, n_iter, t_lo, t_hi):
+    """(N, 3) the best of the starts (`_starts`), each refined on the curve binned to at most
+    coarse_points points (flux space, fluxes solved exactly)."""
+    N, L = flux.shape
+    if L > coarse_points:
+        c_time, c_flux, c_weight, c_onehot = _bin(time, flux, weight, onehot, coarse_points)
+    else:
+        c_time, c_flux, c_weight, c_onehot = time, flux, weight, onehot
+    starts = _starts(c_time, c_flux, c_weight)                                  # (N, S, 3)
+    S = starts.shape[1]
+    rep = lambda x: x.repeat_interleave(S, 0)  # noqa: E731
+    theta, fs, fb, chi2 = _levenberg_marquardt(starts.reshape(N * S, 3), None, None, rep(c_time), rep(c_flux),
+                                               rep(c_weight), rep(c_onehot), n_iter, rep(t_lo), rep(t_hi))
+    best = chi2.reshape(N, S).nan_to_num(torch.inf).argmin(1)
+    return theta.reshape(N, S, 3)[torch.arange(N), best]
 
 
 SMOOTH_EPOCHS = 5  # running mean of the observed fluxes that picks peaks
