@@ -100,6 +100,12 @@ def add_evaluate_args(parser):
                    help="operating-point: the binary threshold the run chose on its validation split "
                         "(train.py --binary-false-alarm; for older runs chosen here, on that split, when the data "
                         "file is the training file); argmax: the most probable class")
+    g.add_argument("--calibrate-variables", metavar="FILE",
+                   help="a simulator file of variables (label 3; other rows ignored) that is not the training file: "
+                        "the lensing threshold is re-chosen on them (the share --variable-false-alarm the run was "
+                        "trained with) and kept in the checkpoint for evaluate.py and predict.py. A 1%% threshold "
+                        "set by a validation split's few hundred variables rests on 2-3 curves; a few thousand "
+                        "(simulate.py --n-variable 2500, another seed) fix it")
     g.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                    help="binary recall per Δχ² bin (χ² of the best PSPL fit − χ² of the true model) and the "
                         "accuracy of the oracle that knows it; kept in <data>.dchi2.npz once computed")
@@ -202,7 +208,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         return predict_log_probs(model, feats, stats, args.batch_size, args.device, not args.no_progress, desc)
 
     probs = np.exp(log_probs_of(features))
-    point = _decision(ckpt, data_path, what.startswith("test split"), grid, log_probs_of, args)
+    point = _decision(ckpt, data_path, what.startswith("test split"), grid, log_probs_of, args, ckpt_path)
     pred = decide(probs, point)
     colors = plots.palette(args.colorblind_safe)
     P = lambda name: os.path.join(out_dir, name)  # noqa: E731
@@ -287,11 +293,13 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     return summary
 
 
-def _decision(ckpt, data_path, training_file, grid, log_probs_of, args):
+def _decision(ckpt, data_path, training_file, grid, log_probs_of, args, ckpt_path=None):
     """The operating point evaluate uses (None: argmax): the checkpoint's, else, for a run kept
     without one, chosen on the run's validation split of the training file (full curves)."""
     if args.decision == "argmax":
         return None
+    if getattr(args, "calibrate_variables", None):
+        return calibrate_variables(ckpt, ckpt_path, args.calibrate_variables, grid, log_probs_of, args)
     if ckpt.get("operating_point"):
         return ckpt["operating_point"]
     if not training_file:
@@ -303,6 +311,40 @@ def _decision(ckpt, data_path, training_file, grid, log_probs_of, args):
     point["chosen_by"] = "evaluate.py on the validation split (full curves)"
     print(f"operating point chosen on the validation split: binary threshold {point['binary_threshold']:.3f}", flush=True)
     return point
+
+
+def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict:
+    """The run's operating point with its lensing threshold re-chosen on the variables of `path`
+    (the threshold at most variable_false_alarm of them exceed), saved in the checkpoint (the
+    validation split's point kept beside it as operating_point_validation). The binary threshold
+    stays the validation split's."""
+    import torch
+
+    from engine.checkpoint import save_checkpoint
+    point = dict(ckpt.get("operating_point_validation") or ckpt.get("operating_point") or {})
+    if "lensed_threshold" not in point:
+        raise TaskError(f"{ckpt_path}: a run without a variable class (or an operating point): no lensing threshold "
+                        f"to calibrate")
+    try:
+        if mlh5.fingerprint(path) == ckpt["config"].get("data_fingerprint"):
+            raise TaskError(f"{path}: the run's training file; calibrate on variables simulated apart (another seed)")
+        with mlh5.open_checked(path) as f:
+            rows = np.flatnonzero(f["labels"][:] == 3)
+        if not len(rows):
+            raise TaskError(f"{path}: no variables (label 3) to calibrate the lensing threshold on")
+        feats, _, _ = task_data.h5_features(path, grid, rows, progress=not args.no_progress)
+    except (mlh5.SchemaError, task_data.DataError) as err:
+        raise TaskError(str(err)) from None
+    scores = lensing_score(np.exp(log_probs_of(feats, "calibration")))
+    new = dict(point, lensed_threshold=_threshold(scores, point["variable_false_alarm"]), n_variable=int(len(rows)),
+               chosen_by=f"variables of {os.path.abspath(path)}")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    state["operating_point_validation"] = point
+    state["operating_point"] = new
+    save_checkpoint(state, ckpt_path)
+    print(f"lensing threshold {point['lensed_threshold']:.3f} ({point.get('n_variable', '?')} validation variables) "
+          f"-> {new['lensed_threshold']:.3f} ({len(rows)} variables of {path}); saved in {ckpt_path}", flush=True)
+    return new
 
 
 def _ceiling(data_path, rows, y, pred, params, out_dir, P, colors, progress) -> dict:

@@ -8,6 +8,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import ROOT, run_script, start_script
@@ -295,3 +296,36 @@ def test_a_run_made_before_an_option_resumes_as_its_default():
         check_same_run(saved, {**config, "scaled_bins": 128}, "results/x", keys, task.IDENTITY_DEFAULTS)
     with pytest.raises(TrainError, match="model"):
         check_same_run(saved, {**config, "model": "cnn_gru"}, "results/x", keys, task.IDENTITY_DEFAULTS)
+
+
+def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
+    """evaluate.py --calibrate-variables re-chooses the lensing threshold on another file's
+    variables (the share the run was trained with), keeps it in the checkpoint beside the
+    validation split's, and predict.py uses it; the training file itself is refused."""
+    import csv
+
+    from tasks.microlensing_eval import _threshold
+    assert train(tmp_path, tiny_h5, "--epochs", "1", name="a").returncode == 0
+    run_dir = tmp_path / "results" / "a"
+    before = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["operating_point"]
+    calib = tmp_path / "variables.h5"
+    r = run_script("simulate.py", "--n-flat", "0", "--n-pspl", "0", "--n-binary", "0", "--n-variable", "40", "--seed", "8",
+                   "--output", str(calib), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_script("evaluate.py", "--run", str(run_dir), "--calibrate-variables", tiny_h5, "--no-progress")
+    assert "the run's training file" in one_error_line(r, "evaluate.py")
+    r = run_script("evaluate.py", "--run", str(run_dir), "--calibrate-variables", str(calib), "--no-progress",
+                   "--no-early-detection", "--no-ceiling")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    point = ckpt["operating_point"]
+    assert ckpt["operating_point_validation"] == before and point["n_variable"] == 40
+    assert point["binary_threshold"] == before["binary_threshold"] and "variables.h5" in point["chosen_by"]
+    out = tmp_path / "calib.csv"
+    r = run_script("predict.py", "--runs", str(run_dir), "--input", str(calib), "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out)))
+    scores = np.array([float(x["p_pspl"]) + float(x["p_binary"]) for x in rows])
+    assert point["lensed_threshold"] == pytest.approx(_threshold(scores, before["variable_false_alarm"]), abs=1e-5)
+    lensing = [x["class"] in ("pspl", "binary") for x in rows]
+    assert sum(lensing) == (scores > point["lensed_threshold"]).sum()   # predict.py decides with the new threshold
