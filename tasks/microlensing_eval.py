@@ -338,12 +338,20 @@ def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict
     scores = lensing_score(np.exp(log_probs_of(feats, "calibration")))
     new = dict(point, lensed_threshold=_threshold(scores, point["variable_false_alarm"]), n_variable=int(len(rows)),
                chosen_by=f"variables of {os.path.abspath(path)}")
+    n_val = int(point.get("n_variable", 0))
+    if 0 < n_val < len(rows):  # how far a validation split's number of these variables could have put it
+        rng = np.random.default_rng(0)
+        draws = [_threshold(rng.choice(scores, n_val, replace=False), point["variable_false_alarm"]) for _ in range(2000)]
+        new["validation_size_range90"] = [float(np.quantile(draws, 0.05)), float(np.quantile(draws, 0.95))]
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state["operating_point_validation"] = point
     state["operating_point"] = new
     save_checkpoint(state, ckpt_path)
+    spread = (" (from {} of these: {:.3f}-{:.3f} in 90% of draws)".format(n_val, *new["validation_size_range90"])
+              if "validation_size_range90" in new else "")
     print(f"lensing threshold {point['lensed_threshold']:.3f} ({point.get('n_variable', '?')} validation variables) "
-          f"-> {new['lensed_threshold']:.3f} ({len(rows)} variables of {path}); saved in {ckpt_path}", flush=True)
+          f"-> {new['lensed_threshold']:.3f} ({len(rows)} variables of {path}){spread}; saved in {ckpt_path}",
+          flush=True)
     return new
 
 

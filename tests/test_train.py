@@ -321,6 +321,9 @@ def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
     point = ckpt["operating_point"]
     assert ckpt["operating_point_validation"] == before and point["n_variable"] == 40
     assert point["binary_threshold"] == before["binary_threshold"] and "variables.h5" in point["chosen_by"]
+    if before["n_variable"] < 40:  # the spread a validation split's number of variables leaves, from these 40
+        low, high = point["validation_size_range90"]
+        assert 0.5 <= low <= high <= 1
     out = tmp_path / "calib.csv"
     r = run_script("predict.py", "--runs", str(run_dir), "--input", str(calib), "--output", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
