@@ -367,6 +367,8 @@ def main(args):
     if target is not None:
         target.remove()
     distributed.cleanup(info)
+    if info.is_main and hasattr(task, "after_training"):  # e.g. microlensing --calibrate-variables
+        task.after_training(run_dir, args)
     return 0
 
 

@@ -14,7 +14,8 @@ A task module (tasks/<task>.py) provides, as plain functions and constants:
                  build_model(args, data, stats) -> (model, model_name, model_kwargs),
                  make_criterion(data, split, args), val_metrics(y, log_probs) -> dict,
                  checkpoint_extras(data, stats, args) -> dict; optionally
-                 param_groups(model, args) -> AdamW groups (e.g. layer-wise LR decay)
+                 param_groups(model, args) -> AdamW groups (e.g. layer-wise LR decay) and
+                 after_training(run_dir, args) (once, on the main process, when training is done)
     evaluate.py: add_evaluate_args(parser), evaluate(ckpt, model, ckpt_path, args) -> summary dict,
                  compare_columns(summary) -> dict (evaluate.py --compare)
     predict.py:  predict(runs, args) -> (header, rows, n_skipped)

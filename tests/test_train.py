@@ -299,8 +299,8 @@ def test_a_run_made_before_an_option_resumes_as_its_default():
 
 
 def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
-    """evaluate.py --calibrate-variables re-chooses the lensing threshold on another file's
-    variables (the share the run was trained with), keeps it in the checkpoint beside the
+    """evaluate.py (or train.py) --calibrate-variables re-chooses the lensing threshold on another
+    file's variables (the share the run was trained with), keeps it in the checkpoint beside the
     validation split's, and predict.py uses it; the training file itself is refused."""
     import csv
 
@@ -314,6 +314,8 @@ def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
     assert r.returncode == 0, r.stderr
     r = run_script("evaluate.py", "--run", str(run_dir), "--calibrate-variables", tiny_h5, "--no-progress")
     assert "the run's training file" in one_error_line(r, "evaluate.py")
+    r = run_script("evaluate.py", "--run", str(run_dir), "--calibrate-variables", str(tmp_path / "none.h5"), "--no-progress")
+    assert "none.h5: not a readable HDF5 file" in one_error_line(r, "evaluate.py")
     r = run_script("evaluate.py", "--run", str(run_dir), "--calibrate-variables", str(calib), "--no-progress",
                    "--no-early-detection", "--no-ceiling")
     assert r.returncode == 0, r.stderr
@@ -332,3 +334,10 @@ def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
     assert point["lensed_threshold"] == pytest.approx(_threshold(scores, before["variable_false_alarm"]), abs=1e-5)
     lensing = [x["class"] in ("pspl", "binary") for x in rows]
     assert sum(lensing) == (scores > point["lensed_threshold"]).sum()   # predict.py decides with the new threshold
+    # the same from train.py, once trained; the training file refused before any training
+    r = train(tmp_path, tiny_h5, "--epochs", "1", "--calibrate-variables", tiny_h5, name="c")
+    assert "the training file" in one_error_line(r, "train.py") and not (tmp_path / "results" / "c").exists()
+    assert train(tmp_path, tiny_h5, "--epochs", "1", "--calibrate-variables", str(calib), name="c").returncode == 0
+    ckpt = torch.load(tmp_path / "results" / "c" / "best.pt", map_location="cpu", weights_only=True)
+    assert "variables.h5" in ckpt["operating_point"]["chosen_by"] and ckpt["operating_point"]["n_variable"] == 40
+    assert ckpt["operating_point_validation"]["n_variable"] < 40
