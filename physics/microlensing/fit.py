@@ -12,8 +12,9 @@ magnitudes, fluxes free).
 Everything is vectorised over curves × starts, so a few thousand full-cadence Roman seasons
 (6,912 epochs each) fit in a minute on a laptop CPU. Each curve costs its observed epochs only:
 curves are compacted to those and fitted in blocks of similar counts, so a ground survey's
-sparse curve on a dense grid (or a file's years of context days) is cheap. Used for the Δχ² ceiling of evaluate.py
-(how far a binary is from any single-lens curve) and for the classifier's residual features.
+sparse curve on a dense grid (or a file's years of context days) is cheap. Used for the Δχ²
+ceiling of evaluate.py (how far a binary is from any single-lens curve) and for the
+classifier's residual features.
 """
 from __future__ import annotations
 
@@ -223,10 +224,12 @@ def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: i
     rho <= 0.1) is refined on every epoch from the six FS_STARTS where the χ² near the peak
     exceeds the number n of epochs there by more than max(25, 2 sqrt(2 n)) and the misfit within
     FS_PEAK tE of t0 exceeds the misfit beyond (pulls capped at 5 sigma), and kept where its
-    χ² is lower. start: t0, tE, u0 (N,) of an earlier fit (e.g. to the curves binned) to refine
-    on these epochs instead of searching from the starts. (Refitting every curve with u0 < FS_U0_MAX also catches a small source's
+    χ² is lower. (Refitting every curve with u0 < FS_U0_MAX also catches a small source's
     ~rho^2 / (8 u^2) brightening of the wings, at twice the cost, for 0 of 200 more planetary
     single lenses explained.)
+
+    start: t0, tE, u0 (N,) of an earlier fit (e.g. to the curves pre-binned) to refine on these
+    epochs instead of searching from the starts.
     """
     flux = np.asarray(flux, dtype=np.float64)
     N, L = flux.shape
@@ -252,7 +255,8 @@ def fit_pspl(time, flux, flux_err, telescope=None, n_iter: int = 20, n_refine: i
         cols = _compact_columns(good[r], width)
         take = lambda a: np.take_along_axis(a[r], cols, 1)  # noqa: E731
         kept = np.arange(width)[None, :] < n_good[r][:, None]                  # the padding is no epoch
-        theta0 = None if start is None else np.stack([start["t0"][r], np.log(start["tE"][r]), np.log(start["u0"][r])], 1)
+        theta0 = None if start is None else np.stack([start["t0"][r], np.log(start["tE"][r]),
+                                                       np.log(start["u0"][r])], 1)
         part = _fit_block(take(time), np.where(kept, take(flux), np.nan), take(err),
                           None if tel is None else take(tel), G, n_iter, n_refine, coarse_points, finite_source, device,
                           theta0)
