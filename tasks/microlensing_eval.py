@@ -313,6 +313,21 @@ def _decision(ckpt, data_path, training_file, grid, log_probs_of, args, ckpt_pat
     return point
 
 
+def calibration_rows(path, training_fingerprint) -> np.ndarray:
+    """The variables (label 3) of a --calibrate-variables file; one TaskError line for a file
+    that is unreadable, holds none, or is the training file."""
+    try:
+        if mlh5.fingerprint(path) == training_fingerprint:
+            raise TaskError(f"{path}: the run's training file; calibrate on variables simulated apart (another seed)")
+        with mlh5.open_checked(path) as f:
+            rows = np.flatnonzero(f["labels"][:] == 3)
+    except mlh5.SchemaError as err:
+        raise TaskError(str(err)) from None
+    if not len(rows):
+        raise TaskError(f"{path}: no variables (label 3) to calibrate the lensing threshold on")
+    return rows
+
+
 def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict:
     """The run's operating point with its lensing threshold re-chosen on the variables of `path`
     (the threshold at most variable_false_alarm of them exceed), saved in the checkpoint (the
@@ -325,13 +340,8 @@ def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict
     if "lensed_threshold" not in point:
         raise TaskError(f"{ckpt_path}: a run without a variable class (or an operating point): no lensing threshold "
                         f"to calibrate")
+    rows = calibration_rows(path, ckpt["config"].get("data_fingerprint"))
     try:
-        if mlh5.fingerprint(path) == ckpt["config"].get("data_fingerprint"):
-            raise TaskError(f"{path}: the run's training file; calibrate on variables simulated apart (another seed)")
-        with mlh5.open_checked(path) as f:
-            rows = np.flatnonzero(f["labels"][:] == 3)
-        if not len(rows):
-            raise TaskError(f"{path}: no variables (label 3) to calibrate the lensing threshold on")
         feats, _, _ = task_data.h5_features(path, grid, rows, progress=not args.no_progress)
     except (mlh5.SchemaError, task_data.DataError) as err:
         raise TaskError(str(err)) from None

@@ -336,7 +336,7 @@ def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
     assert sum(lensing) == (scores > point["lensed_threshold"]).sum()   # predict.py decides with the new threshold
     # the same from train.py, once trained; the training file refused before any training
     r = train(tmp_path, tiny_h5, "--epochs", "1", "--calibrate-variables", tiny_h5, name="c")
-    assert "the training file" in one_error_line(r, "train.py") and not (tmp_path / "results" / "c").exists()
+    assert "the run's training file" in one_error_line(r, "train.py") and not (tmp_path / "results" / "c").exists()
     assert train(tmp_path, tiny_h5, "--epochs", "1", "--calibrate-variables", str(calib), name="c").returncode == 0
     ckpt = torch.load(tmp_path / "results" / "c" / "best.pt", map_location="cpu", weights_only=True)
     assert "variables.h5" in ckpt["operating_point"]["chosen_by"] and ckpt["operating_point"]["n_variable"] == 40
