@@ -7,7 +7,8 @@ source) leaves in each image, public DeepLense samples against each simulator co
 For the 9 public samples (../shared/samples/deeplense_substructure) and --n images per class of
 each configuration in --configs (default deeplense-model1, deeplense-common, deeplense-broad;
 seeded, in memory), `physics.strong.fit.fit_smooth` fits
-each image and `residual_stats` measures the residuals in units of the noise (a noise model
+each image (simulations through their own PSF, the public samples through the one that fits
+them best: `--public-psf scan`, a Gaussian of FWHM 0.20") and `residual_stats` measures the residuals in units of the noise (a noise model
 measured from the image itself, not from the fit). Prints and writes (residuals.json,
 residuals.png):
 - per source and class: chi^2 per degree of freedom, the residual power above the noise on the
@@ -35,7 +36,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from bench_substructure_realism import PUBLIC_DEFAULT, load_public, simulate  # noqa: E402
-from physics.strong import fit  # noqa: E402
+from physics.strong import fit, scenes  # noqa: E402
 
 CLASSES = ("no", "sphere", "vort")
 CONFIG_NAMES = ("deeplense-model1", "deeplense-common", "deeplense-broad")
@@ -44,12 +45,14 @@ SHOWN = ("chi2_dof", "ring_excess", "ring_power_0_0.6", "ring_power_0.6_0.85", "
 FEATURES = SHOWN + ("max_residual_radius",)  # what the oracle sees
 
 
-def measure(images, batch):
-    """(stats {name: (N,)}, fits' params {name: (N,)}, seconds, examples (image, model, residual) of the first 3)."""
+def measure(images, batch, psf_fwhm):
+    """(stats {name: (N,)}, fits' params {name: (N,)}, seconds, examples (image, model, residual) of the
+    first 3), each image fitted through the PSF psf_fwhm (arcsec; one value or one per image)."""
     stats, params, start = {}, {}, time.perf_counter()
     examples = None
+    psf = np.broadcast_to(np.asarray(psf_fwhm, np.float64), (len(images),))
     for i in range(0, len(images), batch):
-        result = fit.fit_smooth(torch.from_numpy(images[i:i + batch]), 0.05, 0.087)
+        result = fit.fit_smooth(torch.from_numpy(images[i:i + batch]), 0.05, torch.from_numpy(psf[i:i + batch].copy()))
         for k, v in fit.residual_stats(result, 0.05).items():
             stats.setdefault(k, []).append(v.double().numpy())
         for k, v in result["params"].items():
@@ -126,6 +129,9 @@ def get_args_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", nargs="+", default=list(CONFIG_NAMES), choices=CONFIG_NAMES,
                    help="simulator configurations to measure beside the public samples")
+    p.add_argument("--public-psf", default="scan",
+                   help="Gaussian FWHM (arcsec) the public samples are fitted through, or 'scan': the median "
+                        "of the FWHMs that fit each best (physics.strong.fit.psf_scan; 0.20 for the 9 samples)")
     p.add_argument("--tiny", action="store_true", help="2 images per class, a short fit (a smoke run)")
     return p
 
@@ -137,15 +143,27 @@ def main(args):
     os.makedirs(args.out, exist_ok=True)
     results, examples = {}, {}
     sources = []
+    public_psf = None
     if os.path.isdir(args.public):
         images, ids = load_public(args.public)
         labels = np.array([CLASSES.index(i.split("/")[-2]) for i in ids])
         sources.append(("public", images, labels, None, ids))
+        if args.public_psf == "scan":
+            scan = fit.psf_scan(images, 0.05, fit.PSF_GRID[1:6] if args.tiny else fit.PSF_GRID, batch=args.batch)
+            public_psf = float(np.median(scan["fwhm"]))
+            results["public_psf_scan"] = dict(grid=scan["grid"].tolist(), median=public_psf,
+                                              per_image={i: float(v) for i, v in zip(ids, scan["fwhm"])})
+            print(f"public samples' PSF (the FWHM whose smooth-lens fit leaves the least chi^2): median "
+                  f"{public_psf:.3f}\" (" + ", ".join(f"{i} {v:.3f}" for i, v in zip(ids, scan["fwhm"])) + ")")
+        else:
+            public_psf = float(args.public_psf)
     for config in args.configs:
         images, labels, truth = simulate(config, args.n, args.seed)
         sources.append((config, images, labels, truth, None))
     for name, images, labels, truth, ids in sources:
-        stats, params, seconds, examples[name] = measure(images, args.batch)
+        # simulations are fitted through each image's own PSF, the public samples through the measured one
+        psf = public_psf if truth is None else truth.get("psf_fwhm", scenes.CONFIGS[name].psf_fwhm[0])
+        stats, params, seconds, examples[name] = measure(images, args.batch, psf)
         entry = dict(table=table(stats, labels), images_per_s=len(images) / seconds, n=len(images))
         if name != "public":
             entry["oracle_accuracy"] = oracle_accuracy(stats, labels, args.seed)

@@ -14,6 +14,7 @@ parameters, reported separately. The best checkpoint is chosen on validation mac
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
@@ -224,7 +225,27 @@ def add_evaluate_args(parser):
                         "image per core) and report the accuracy on images with and without a residual above the "
                         "noise: residuals.csv")
     g.add_argument("--pixel-scale", type=float, default=0.05, help="--residuals: arcsec per pixel")
-    g.add_argument("--psf-fwhm", type=float, default=0.087, help="--residuals: the Gaussian PSF's FWHM in arcsec")
+    g.add_argument("--psf-fwhm", type=_psf_fwhm, default="scan",
+                   help="--residuals: the Gaussian PSF's FWHM in arcsec, or 'scan' (default): the median over up to "
+                        f"{PSF_SCAN_IMAGES} images of the FWHM whose fit leaves the least chi^2 (physics.strong.fit."
+                        "psf_scan; 7 more fits of those images). deeplense-model1 0.087, deeplense-common and the "
+                        "public Common Test I samples 0.2")
+
+
+PSF_SCAN_IMAGES = 32  # images `--psf-fwhm scan` fits at each FWHM
+
+
+def _psf_fwhm(text):
+    """--psf-fwhm: 'scan' or a positive number of arcsec."""
+    if text == "scan":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected 'scan' or a FWHM in arcsec > 0, got {text!r}")
+    return value
 
 
 def evaluate(ckpt, model, ckpt_path, args) -> dict:
@@ -290,14 +311,21 @@ def residual_report(pixels, y, pred, ids, csv_path, args) -> dict:
     from physics.strong import fit
     if pixels.shape[-1] != pixels.shape[-2]:
         raise TaskError(f"--residuals fits square images; these are {pixels.shape[-2]}x{pixels.shape[-1]}")
-    stats = fit.measure_images(np.asarray(pixels, np.float64), args.pixel_scale, args.psf_fwhm,
-                               progress=not args.no_progress)
+    pixels = np.asarray(pixels, np.float64)
+    psf_fwhm = args.psf_fwhm
+    if psf_fwhm == "scan":
+        # images spread over the set (it may be ordered by class), the same ones every run
+        pick = np.unique(np.linspace(0, len(pixels) - 1, min(PSF_SCAN_IMAGES, len(pixels))).round().astype(int))
+        psf_fwhm = float(np.median(fit.psf_scan(pixels[pick], args.pixel_scale)["fwhm"]))
+        print(f"smooth-lens residuals: PSF FWHM {psf_fwhm:.3f}\" (median of the best fits of {len(pick)} images; "
+              "--psf-fwhm sets it)")
+    stats = fit.measure_images(pixels, args.pixel_scale, psf_fwhm, progress=not args.no_progress)
     columns = ("chi2_dof", "ring_excess", "ring_excess_error", "max_residual_sigma", "max_residual_radius")
     write_csv(csv_path, ["id", "label", "pred", "detectable"] + list(columns),
               [[i, CLASS_NAMES[t], CLASS_NAMES[p], int(d)] + [f"{stats[c][j]:.4f}" for c in columns]
                for j, (i, t, p, d) in enumerate(zip(ids, y, pred, stats["detectable"]))])
     seen = stats["detectable"] > 0
-    out = {"csv": csv_path}
+    out = {"csv": csv_path, "psf_fwhm": psf_fwhm}
     for c, name in enumerate(CLASS_NAMES):
         sel = y == c
         out[name] = {"undetectable": float(1 - seen[sel].mean()) if sel.any() else float("nan"),

@@ -192,7 +192,7 @@ def test_common_classes_share_lens_and_source_distributions():
     from physics.strong import scenes
     cfg = scenes.CONFIGS["deeplense-common"]
     shared = ("theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1",
-              "src_e2", "src_clump_flux", "psf_fwhm", "peak_counts", "sky_counts", "peak_snr")
+              "src_e2", "psf_fwhm", "peak_counts", "sky_counts", "peak_snr")
     labels = torch.arange(900) % 3
     _, params = scenes.sample(cfg, labels, torch.Generator().manual_seed(5))
     _, params_no = scenes.sample(cfg, torch.zeros_like(labels), torch.Generator().manual_seed(5))
@@ -212,8 +212,10 @@ def test_common_classes_share_lens_and_source_distributions():
     assert spec.subhalo_mass[0] <= masses.min() and masses.max() <= spec.subhalo_mass[1] < 1e10
     assert np.all(p["vortex_mass"][vort] == spec.vortex_mass[0]) and spec.vortex_mass[0] > 3e10
     assert 0.3 - 1e-9 <= p["vortex_half_length"][vort].min() and p["vortex_half_length"][vort].max() <= 3 + 1e-9
-    lo, hi = (sub.COMMON_CLUMPS * f for f in sub.COMMON_CLUMP_FRAC)
-    assert lo <= p["src_clump_flux"].min() and p["src_clump_flux"].max() <= hi
+    # the PSF measured on the public samples (0.20"), and a smooth source: no clumps (issue 26)
+    lo, hi = sub.COMMON_PSF_FWHM
+    assert lo <= p["psf_fwhm"].min() and p["psf_fwhm"].max() <= hi and lo > 0.087
+    assert "src_clump_flux" not in p
 
 
 def test_broad_draws_within_its_ranges_and_classes_share_them():
@@ -254,9 +256,11 @@ def test_broad_draws_within_its_ranges_and_classes_share_them():
             (lo, hi), (broad_lo, broad_hi) = getattr(spec, key), getattr(sub.BROAD_SUBSTRUCTURE, key)
             assert broad_lo <= lo and hi <= broad_hi, key
         assert spec.subhalo_mass[1] <= sub.BROAD_SUBSTRUCTURE.subhalo_mass[1]
-    # clumps from none (Model I) to beyond deeplense-common's most (BROAD_CLUMP_SCALE)
-    clumps, common_most = p["src_clump_flux"], sub.COMMON_CLUMPS * sub.COMMON_CLUMP_FRAC[1]
-    assert clumps.min() < 0.001 and common_most < clumps.max() <= sub.BROAD_CLUMP_SCALE[1] * common_most
+    # PSFs from sharper than Model I's to broader than deeplense-common's
+    assert sub.BROAD_PSF_FWHM[0] < 0.087 and sub.COMMON_PSF_FWHM[1] < sub.BROAD_PSF_FWHM[1]
+    # clumps from none (Model I, deeplense-common) to BROAD_CLUMP_SCALE times BROAD_CLUMPS of BROAD_CLUMP_FRAC
+    clumps, unscaled_most = p["src_clump_flux"], sub.BROAD_CLUMPS * sub.BROAD_CLUMP_FRAC[1]
+    assert clumps.min() < 0.001 and unscaled_most < clumps.max() <= sub.BROAD_CLUMP_SCALE[1] * unscaled_most
 
 
 def test_superres_pairs_show_the_same_scene(tmp_path, script):

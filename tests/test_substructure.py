@@ -211,14 +211,15 @@ def test_train_evaluate_predict_compare(runs, tmp_path):
     assert len(preds) == 9
     # --residuals: every test image's smooth-lens fit, accuracy with and without a residual above the noise
     r = run_script("evaluate.py", "--run", str(run["resnet18"]), "--tta", "1", "--n-bootstrap", "10", "--no-progress",
-                   "--residuals", "--out-dir", str(tmp_path / "res"))
+                   "--residuals", "--psf-fwhm", "0.2", "--out-dir", str(tmp_path / "res"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "without a residual above the noise" in r.stdout
     rows = list(csv.DictReader(open(tmp_path / "res" / "residuals.csv")))
     assert [row["id"] for row in rows] == [p["id"] for p in preds]
     assert all(float(row["chi2_dof"]) > 0.5 and row["detectable"] in ("0", "1") for row in rows)
     report = json.load(open(tmp_path / "res" / "evaluation_summary.json"))["residuals"]
-    assert set(report) == {"csv", "no", "sphere", "vort"} and 0 <= report["no"]["undetectable"] <= 1
+    assert set(report) == {"csv", "psf_fwhm", "no", "sphere", "vort"} and 0 <= report["no"]["undetectable"] <= 1
+    assert report["psf_fwhm"] == 0.2
     # predict.py on the simulated class folders (the ensemble of both runs) and on an unlabelled folder
     out = tmp_path / "p.csv"
     r = run_script("predict.py", "--runs", str(run["resnet18"]), str(run["mobilenetv3_small_100"]), "--input",
@@ -303,3 +304,47 @@ def test_lens_pinn_trains_with_the_auxiliary_loss_logged_apart(runs, tmp_path):
     r = run_script("train.py", "--task", "substructure", "--data", str(work / "sim"), "--model", "lens_pinn",
                    "--pinn-encoder", "resnet_nope", "--output", str(tmp_path), *FAST)
     assert "unknown backbone 'resnet_nope'" in one_error_line(r, "train.py")
+
+
+def test_residual_report_scans_for_the_psf(tmp_path, monkeypatch, capsys):
+    """evaluate.py --residuals with --psf-fwhm scan (the default): the PSF is the median of psf_scan's
+    per-image FWHMs over images spread across the set, is printed and reported, and every image is
+    fitted through it; a FWHM that is not 'scan' or a positive number is refused by the parser. (How
+    well psf_scan finds a PSF: tests/test_substructure_fit.py.)"""
+    import argparse
+    from physics.strong import fit, render, scenes
+    from tasks import substructure as task
+    monkeypatch.setattr(fit, "STEPS", (20, 20))  # a short fit: the plumbing, not the fit, is tested here
+    monkeypatch.setattr(fit, "STARTS", fit.STARTS[:1])
+    scanned, fitted = [], []
+
+    def scan(images, pixel_scale, fwhms=fit.PSF_GRID, batch=32):
+        scanned.append(len(images))
+        return dict(fwhm=np.array([0.19, 0.23, 0.2])[:len(images)], chi2=None, grid=np.asarray(fwhms))
+
+    real_fit = fit.fit_smooth
+
+    def spy_fit(images, pixel_scale, psf_fwhm, **kw):
+        fitted.append(float(psf_fwhm))
+        return real_fit(images, pixel_scale, psf_fwhm, **kw)
+
+    monkeypatch.setattr(fit, "psf_scan", scan)
+    monkeypatch.setattr(fit, "fit_smooth", spy_fit)
+    cfg = scenes.CONFIGS["deeplense-common"]
+    scene, params = scenes.sample(cfg, torch.zeros(3, dtype=torch.long), torch.Generator().manual_seed(2))
+    pixels = render.Renderer(cfg, dtype=torch.float64).render(scene, params, torch.Generator().manual_seed(3))
+    pixels = pixels["images"][:, 0].numpy()
+    parser = argparse.ArgumentParser()
+    task.add_evaluate_args(parser)
+    args = parser.parse_args(["--residuals"])
+    args.no_progress = True  # evaluate.py's own option
+    assert args.psf_fwhm == "scan"
+    out = task.residual_report(pixels, np.zeros(3, int), np.zeros(3, int), ["a", "b", "c"], str(tmp_path / "r.csv"),
+                               args)
+    assert scanned == [3] and out["psf_fwhm"] == 0.2 and fitted == [0.2]
+    assert 'PSF FWHM 0.200"' in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 3
+    assert parser.parse_args(["--psf-fwhm", "0.087"]).psf_fwhm == 0.087
+    for bad in ("0", "-0.1", "wide", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--psf-fwhm", bad])

@@ -72,14 +72,18 @@ def pack(p):
 
 
 class SmoothLens:
-    """The smooth model's light (B, H, W) for unit source flux on a stamp of `size` pixels."""
+    """The smooth model's light (B, H, W) for unit source flux on a stamp of `size` pixels, through
+    a Gaussian PSF of FWHM `psf_fwhm_arcsec`: one value, or one per image (B,)."""
 
     def __init__(self, size, pixel_scale, psf_fwhm_arcsec, dtype=torch.float64):
         self.size, self.pixel_scale = size, pixel_scale
-        self.x, self.y = pixel_grid(size, pixel_scale, 1, dtype)
-        fwhm_px = torch.tensor([[psf_fwhm_arcsec / pixel_scale]], dtype=dtype)
-        k = int(2 * math.ceil(2.5 * psf_fwhm_arcsec / pixel_scale) + 1)
-        self.psf = gaussian_psf_1d(fwhm_px, k)  # (1, 1, k)
+        fwhm = torch.as_tensor(psf_fwhm_arcsec, dtype=dtype).reshape(-1, 1)  # (1 or B, 1)
+        k = int(2 * math.ceil(2.5 * float(fwhm.max()) / pixel_scale) + 1)
+        self.psf = gaussian_psf_1d(fwhm / pixel_scale, k)  # (1 or B, 1, k)
+        # rendered on a margin of half the kernel, convolved, then cut to `size`: light from beyond
+        # the stamp's edge blurs into it as in the image
+        self.pad = k // 2
+        self.x, self.y = pixel_grid(size + 2 * self.pad, pixel_scale, 1, dtype)
 
     def __call__(self, p):
         x, y = self.x, self.y
@@ -90,7 +94,8 @@ class SmoothLens:
         src = light.sersic(x - ax - sx, y - ay - sy, 1.0, p["src_r_e"], n, p["src_e1"], p["src_e2"],
                            p["src_x"], p["src_y"], b=b)
         src = src * self.pixel_scale ** 2
-        return convolve_separable(src[:, None], self.psf.expand(len(src), 1, -1))[:, 0]
+        blurred = convolve_separable(src[:, None], self.psf.expand(len(src), 1, -1))[:, 0]
+        return blurred[:, self.pad:self.pad + self.size, self.pad:self.pad + self.size]
 
 
 def _linear(shape, images, weight):
@@ -152,7 +157,8 @@ def noise_model(images, background):
 
 def fit_smooth(images, pixel_scale, psf_fwhm, steps=None, starts=None, lr=LEARNING_RATE, crop=FIT_RADIUS):
     """Fit the smooth lens to each image (B, H, W) (any units; min-max scaled is fine), on the
-    central square of +-crop arcsec. Returns a dict: params (dict of (B,)), model, sigma (the
+    central square of +-crop arcsec, through a Gaussian PSF of FWHM psf_fwhm (arcsec; one value or
+    one per image, (B,)). Returns a dict: params (dict of (B,)), model, sigma (the
     noise model), image (the crop; all (B, h, w)), background, amplitude, chi2 (B,), dof,
     noise_slope (B,) (variance per unit of light above the sky, image units), start (B,) the
     start that won."""
@@ -247,13 +253,40 @@ def residual_stats(fit, pixel_scale):
 
 
 def measure_images(images, pixel_scale, psf_fwhm, batch=32, progress=False):
-    """`residual_stats` of every image (N, H, W) (numpy or tensor), fitted in batches: {name: (N,) numpy}."""
+    """`residual_stats` of every image (N, H, W) (numpy or tensor), fitted in batches through the
+    PSF psf_fwhm (arcsec; one value or one per image, (N,)): {name: (N,) numpy}."""
     from tqdm import tqdm
     images = torch.as_tensor(images)
+    psf = torch.as_tensor(psf_fwhm, dtype=torch.float64)
     out = {}
     for start in tqdm(range(0, len(images), batch), desc="smooth-lens fits", unit="batch", disable=not progress,
                       leave=False):
-        result = fit_smooth(images[start:start + batch], pixel_scale, psf_fwhm)
+        result = fit_smooth(images[start:start + batch], pixel_scale,
+                            psf[start:start + batch] if psf.dim() else float(psf))
         for key, value in residual_stats(result, pixel_scale).items():
             out.setdefault(key, []).append(value.double().numpy())
     return {key: np.concatenate(value) for key, value in out.items()}
+
+
+PSF_GRID = (0.06, 0.087, 0.12, 0.16, 0.2, 0.24, 0.3)  # arcsec: the FWHMs `psf_scan` tries by default
+
+
+def psf_scan(images, pixel_scale, fwhms=PSF_GRID, batch=32):
+    """The Gaussian PSF that fits each image (N, H, W) best: the smooth lens is fitted through each
+    FWHM of `fwhms` (arcsec, increasing) and the chi^2 minimum is located by a parabola through
+    the best FWHM and its neighbours. Substructure perturbs the ring at the PSF's scale and can
+    pull one image's value; the median over images is the robust figure. Returns
+    dict(fwhm (N,) numpy, chi2 (N, len(fwhms)) numpy, grid)."""
+    images = torch.as_tensor(images)
+    grid = np.asarray(fwhms, dtype=np.float64)
+    if len(grid) < 3 or np.any(np.diff(grid) <= 0):
+        raise ValueError(f"psf_scan needs three or more increasing FWHMs, got {list(fwhms)}")
+    chi2 = np.stack([np.concatenate([fit_smooth(images[i:i + batch], pixel_scale, float(f))["chi2"].numpy()
+                                     for i in range(0, len(images), batch)]) for f in grid], 1)
+    best = np.empty(len(chi2))
+    for n, row in enumerate(chi2):
+        j = int(np.clip(row.argmin(), 1, len(grid) - 2))
+        a, b, _ = np.polyfit(grid[j - 1:j + 2], row[j - 1:j + 2], 2)
+        # a parabola opening downwards, or a minimum outside the bracket: the best grid value
+        best[n] = -b / (2 * a) if a > 0 and grid[j - 1] <= -b / (2 * a) <= grid[j + 1] else grid[row.argmin()]
+    return dict(fwhm=best, chi2=chi2, grid=grid)

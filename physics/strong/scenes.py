@@ -12,10 +12,10 @@ Configurations:
   Sersic source, classes no / sphere (25 point-mass subhalos) / vort (a line of 100 point
   masses), 150x150 at 0.05", Gaussian PSF 0.087", min-max scaled.
 - `deeplense-common`: the same classes, lens and source distributions fitted to the public
-  DeepLense Common Test I samples (flatter rings, all along x, a larger source, Poisson counts)
-  and its substructure to the residuals a smooth lens leaves in them (faint source clumps in
-  every class, lighter subhalos, heavier and longer vortices; each choice and its measurement in
-  `substructure`); simulate.py's default for substructure.
+  DeepLense Common Test I samples (flatter rings, all along x, a larger source, a 0.2" PSF,
+  Poisson counts) and its substructure to the residuals a smooth lens leaves in them (lighter
+  subhalos, heavier and longer vortices; each choice and its measurement in `substructure`);
+  simulate.py's default for substructure.
 - `deeplense-broad`: randomised (issue 26): lens, source (with clumps), PSF, Poisson counts and
   substructure (number of subhalos, their mass function's slope, the vortex mass) drawn per image
   over ranges that span deeplense-model1, deeplense-common and beyond (`substructure.BROAD_*`), so
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from physics.strong.substructure import BROAD_PSF_FWHM, sample_broad, sample_common, sample_model1
+from physics.strong.substructure import BROAD_PSF_FWHM, COMMON_PSF_FWHM, sample_broad, sample_common, sample_model1
 from physics.strong.survey import sample_survey
 
 
@@ -72,7 +72,7 @@ CONFIGS = {c.name: c for c in [
                 "gaussian", (0.087, 0.087), "minmax", "float64", ("no", "sphere", "vort"),
                 "DeepLense Model I: 150x150 at 0.05\", no / sphere / vort, min-max scaled float64"),
     ImageConfig("deeplense-common", "substructure", ("no", "sphere", "vort"), ("vis",), 150, 0.05, 1,
-                "gaussian", (0.087, 0.087), "minmax", "float64", ("no", "sphere", "vort"),
+                "gaussian", COMMON_PSF_FWHM, "minmax", "float64", ("no", "sphere", "vort"),
                 "like the public DeepLense Common Test I set (flatter rings, one orientation, Poisson counts): "
                 "150x150 at 0.05\", no / sphere / vort, min-max scaled float64"),
     ImageConfig("deeplense-broad", "substructure", ("no", "sphere", "vort"), ("vis",), 150, 0.05, 1,

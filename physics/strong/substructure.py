@@ -5,7 +5,7 @@ to the public DeepLense Common Test I samples (the COMMON_* constants, each with
 image statistics and the residuals a smooth lens leaves); `sample_broad`: deeplense-broad,
 randomised over all of these.
 
-Every class draws the lens, source (with its clumps), PSF and noise from one distribution; only
+Every class draws the lens, source (with its clumps, in deeplense-broad), PSF and noise from one distribution; only
 the point masses differ (`draw_substructure` with the config's `Substructure`), so a classifier
 cannot learn a shortcut.
 """
@@ -168,13 +168,23 @@ COMMON_THETA_E = (1.15, 1.4)      # arcsec, uniform (Model I 1.2-1.6)
 # statistic left ~1 public standard error off); centroid_offset 0.36 +- 0.27", 0.41 +- 0.23",
 # 0.45 +- 0.26". Its orientation is random: Model I's single source angle tilts complete rings by
 # ~9 deg, which the public ones do not show.
+# Fitted through the public samples' PSF (below), their sources are Sersic n 1.48-1.55 with R_e
+# 0.48-0.52" (through Model I's 0.087" PSF: n 1.20-1.34, R_e 0.45-0.51", the values this range
+# was first set from: n 0.8-1.5).
 COMMON_SRC_R_E = (0.45, 0.55)     # arcsec, half-light radius, uniform
-COMMON_SRC_N = (0.8, 1.5)         # Sersic index, uniform
+COMMON_SRC_N = (1.3, 1.7)         # Sersic index, uniform
 COMMON_SRC_Q = (0.7, 1.0)         # axis ratio, uniform, at a uniform angle
 COMMON_SRC_BOX = 0.45             # arcsec: centre uniform in +-this in x and in y (Model I 0.35)
-# PSF: nothing in 9 min-max scaled images measures it below the ring width; the config keeps
-# Model I's (Gaussian, FWHM 0.087"). The noise is white (noise_highpass_ratio 0.940 public, 0.941
-# here), so it comes after the PSF, as here.
+# PSF: the smooth lens fitted through a Gaussian PSF
+# of each FWHM (physics.strong.fit.psf_scan) leaves the least chi^2 at 0.21" for the public samples
+# (median of 9; each 0.19-0.22), not at Model I's 0.087" (chi^2 higher by 300-1,800 per image). Through
+# 0.087" every public image, with or without substructure, left the same pattern along its ring:
+# thin negative arcs on the ridge with positive ones beside them (mean residual -0.2 to -0.7 sigma where
+# the source is within 0.25 R_e of its centre, +0.3 to +0.6 at 0.25-0.5 R_e); through 0.20" the
+# no-substructure images are smooth to the noise. The scan recovers 0.18-0.20" on this config's
+# images and <= 0.087" on Model I's PSF. The noise is white (noise_highpass_ratio 0.940 public,
+# 0.941 here), so it comes after the PSF, as here.
+COMMON_PSF_FWHM = (0.18, 0.22)    # arcsec, Gaussian, uniform
 # Noise. Public pixels are whole counts: the min-max scaled values are k / (max - min), with max -
 # min (count_range) 824 +- 49 public, 817 +- 53 here (Model I's continuous values: ~6e8, float32
 # steps). The corners' variance equals their mean count (~10, the minimum being 0 or 1) and the
@@ -183,32 +193,20 @@ COMMON_SRC_BOX = 0.45             # arcsec: centre uniform in +-this in x and in
 # background 0.0112, 0.0137, 0.0113; peak_to_corner 89 +- 6, 74 +- 8, 89 +- 7.
 COMMON_PEAK_COUNTS = (700, 870)   # counts above the sky in the noise-free lensed source's brightest pixel, uniform
 COMMON_SKY_COUNTS = 10.0          # counts per pixel, every image
-# Substructure and source structure (issue 26), fitted to what a smooth lens leaves in the public
-# images (bench/bench_substructure_residuals.py: SIE + shear + Sersic fits, residuals in units of
-# a noise measured from the image). Public no / sphere / vort (3 images each, so a mean is known
-# to ~0.1): ring excess (mean r^2 - 1 where the lensed light is above 10% of its peak) 0.18 +-
-# 0.15 / 0.41 +- 0.09 / 0.73 +- 0.31, chi^2/dof 1.04 / 1.14 / 1.30, largest smoothed residual 8.7 /
-# 11.2 / 14.0 sigma. With Model I's substructure this config gave -0.05 / 1.22 / 0.18: subhalos 3x
-# too strong, vortices 4x too weak and inside the ring instead of on it, and no-substructure images
-# perfectly smooth, which the public ones are not. Tried (40 images per class, README):
-# - the public no-substructure images leave residuals on the ring, not inside it (annuli r/theta_E
-#   < 0.6: -0.02, 0.6-0.85: 0.20, 0.85-1.15: 0.18). A cored lens (core 0-0.1") puts them at the
-#   centre (2.6 at r < 0.6); a PSF other than the fit's (FWHM 0.06-0.13") leaves none; faint knots
-#   in the source (star-forming clumps) put them on the ring. 3 clumps of 0-5% of the source's
-#   light each gave 6-11 (far too much), 3 of 0-0.5% or 0-0.7% 0.12-0.22 with residual peaks of 16 +- 7
-#   sigma (public 8.7 +- 0.7): many faint clumps instead, the same in every class;
-# - subhalos up to 3.5e9 Msun (Model I 1e10; their number and slope kept): 3e9 gave 0.31-0.40 and
-#   4e9 0.50 with clumps;
-# - vortices of 5e10 Msun (Model I 3e10; 6e10 gave 0.73 without clumps, 4e10 0.64 with them) with
-#   half-lengths 0.3-3" (m_axion 1e-24-1e-23 eV): Model I's reach down to 0.03", too short to
-#   touch the ring.
-# Measured with these (100 images per class, seed 0): ring excess 0.17 +- 0.16 / 0.39 +- 0.24 /
-# 0.71 +- 0.43, chi^2/dof 1.06 / 1.15 / 1.33, largest residual 10.1 / 12.6 / 15.5 sigma.
-COMMON_SUBSTRUCTURE = Substructure(subhalo_mass=(1e6, 3.5e9), vortex_mass=(5e10, 5e10), axion_mass=(1e-24, 1e-23))
-COMMON_CLUMPS = 6                 # source clumps, every class alike
-COMMON_CLUMP_FRAC = (0.001, 0.004)  # share of the source's light in each, uniform
-COMMON_CLUMP_SIGMA = (0.05, 0.1)  # arcsec, Gaussian sigma, uniform
-COMMON_CLUMP_RADIUS = 1.5         # clumps within this many half-light radii of the source centre
+# Substructure (issue 26), fitted to what a smooth lens leaves in the public images
+# (bench/bench_substructure_residuals.py: SIE + shear + Sersic fits through the measured PSF, residuals
+# in units of a noise measured from the image). Public no / sphere / vort (3 images each, so a mean is
+# known to ~0.1): ring excess (mean r^2 - 1 where the lensed light is above 10% of its peak) -0.07 /
+# 0.20 (0.02, 0.25, 0.31) / 0.47 (0.38, 0.98, 0.05), chi^2/dof 0.93 / 1.05 / 1.18, largest smoothed
+# residual 3.6 / 10.0 / 11.6 sigma; no residual above the noise in 3 / 1 / 1 of 3. The public
+# no-substructure images are smooth, so this config's source has no clumps (they were a stand-in
+# for the ridge pattern the wrong PSF left, 6 of 0.1-0.4% of the light each). Subhalos are
+# dipoles of a few sigma at their place on the ring, vortices elongated ones. Tried (30-40 images per
+# class, fitted through 0.20"): subhalos up to 3.5e9 Msun gave 0.09 (seed 5), 5e9 0.27 (seed 11),
+# 6e9 0.29 (seed 5) and 1e10 (Model I) 0.79 (number, slope and radii as Model I's), so 4.5e9;
+# vortices of 5e10 Msun on half-lengths 0.3-3" 0.40-0.49 (Model I's 3e10 on 0.03-3" left them inside
+# the ring, too faint). Measured on 100 per class: README.
+COMMON_SUBSTRUCTURE = Substructure(subhalo_mass=(1e6, 4.5e9), vortex_mass=(5e10, 5e10), axion_mass=(1e-24, 1e-23))
 
 
 def sample_common(cfg, labels, gen):
@@ -233,21 +231,22 @@ def sample_common(cfg, labels, gen):
     # peak_snr as in Model I (source peak over the background sigma), then this config's own columns
     extra = dict(peak_snr=peak_counts / sky_counts.sqrt(), psf_fwhm=psf_fwhm, peak_counts=peak_counts,
                  sky_counts=sky_counts)
-    # drawn last: the draws above are those of the uncalibrated config
-    _add_clumps(gen, source, extra, COMMON_CLUMPS, COMMON_CLUMP_FRAC, COMMON_CLUMP_SIGMA)
     return _scene_and_params(lens, source, point_masses, columns, extra)
+
+
+CLUMP_RADIUS = 1.5                # clumps lie within this many half-light radii of the source centre
 
 
 def _add_clumps(gen, source, extra, count, frac, sigma, scale=None):
     """`count` Gaussian clumps in the source (flux share each uniform in `frac`, times the image's
     `scale` (n,) where given; sigma uniform in `sigma`; uniform over the disc of
-    COMMON_CLUMP_RADIUS half-light radii), and their total share as the parameter column
+    CLUMP_RADIUS half-light radii), and their total share as the parameter column
     src_clump_flux."""
     if not count:
         return
     n = len(source["src_x"])
     shape = (n, count)
-    r = COMMON_CLUMP_RADIUS * source["src_r_e"][:, None] * torch.sqrt(
+    r = CLUMP_RADIUS * source["src_r_e"][:, None] * torch.sqrt(
         torch.rand(shape, generator=gen, dtype=torch.float64))
     phi = uniform(gen, shape, 0, 2 * math.pi)
     share = uniform(gen, shape, *frac) * (1 if scale is None else scale[:, None])
@@ -264,21 +263,23 @@ def _add_clumps(gen, source, extra, count, frac, sigma, scale=None):
 # (PSF to 0.15", peaks from 300 counts over skies to 50, 10-50 subhalos with slopes to -1.9,
 # vortices from 1e10 Msun) left no residual above the noise in 70% of its subhalo and 40% of its
 # vortex images (oracle on the residuals 0.49; a ResNet18 learnt nothing): its weak side was
-# narrowed to what still spans C and given C's clumps (bench_substructure_residuals.py --configs
+# narrowed to what still spans C and given source clumps (bench_substructure_residuals.py --configs
 # deeplense-broad --n 30: 23% / 17%, 80% of the no-substructure images; oracle 0.611).
 BROAD_THETA_E = (1.0, 1.8)           # arcsec, uniform (M 1.2-1.6, C 1.15-1.4)
 BROAD_LENS_Q = (0.5, 1.0)            # SIE axis ratio at a uniform angle (M q 0.82 at 0 deg, C 0.5-0.9 at 90 deg)
 BROAD_SHEAR = (0.0, 0.12)            # |gamma| at a uniform angle (M 0.05 along x, C 0.04-0.1 along x)
 BROAD_SRC_R_E = (0.15, 0.7)          # arcsec, log-uniform (M 0.25, C 0.45-0.55)
-BROAD_SRC_N = (0.5, 2.5)             # Sersic index, uniform (M 1, C 0.8-1.5)
+BROAD_SRC_N = (0.5, 2.5)             # Sersic index, uniform (M 1, C 1.3-1.7)
 BROAD_SRC_Q = (0.6, 1.0)             # axis ratio at a uniform angle (M 0.82, C 0.7-1)
 BROAD_SRC_BOX = 0.5                  # arcsec: centre uniform in +-this in x and y (M 0.35, C 0.45)
-BROAD_PSF_FWHM = (0.06, 0.12)        # arcsec, Gaussian, uniform (M and C 0.087)
+BROAD_PSF_FWHM = (0.06, 0.25)        # arcsec, Gaussian, uniform (M 0.087, C 0.18-0.22)
 BROAD_PEAK_COUNTS = (500.0, 3000.0)  # counts in the brightest lensed pixel, log-uniform (C 700-870)
 BROAD_SKY_COUNTS = (3.0, 30.0)       # counts per pixel, log-uniform (C 10); peak / sqrt(sky) 90-1700 (M 240-330)
-BROAD_CLUMPS = 6                     # source clumps as C's (6 of 0.1-0.4% each), their light
-BROAD_CLUMP_SCALE = (0.0, 1.5)       # times this per image, uniform (M none, C 1)
-# subhalos: 15-40 (M and C 25), slope -1.3 to -0.9 (M and C -0.9) up to 1e10 Msun (M 1e10, C 3.5e9);
+BROAD_CLUMPS = 6                     # source clumps (star-forming knots; M and C none): 6 of
+BROAD_CLUMP_FRAC = (0.001, 0.004)    # this share of the source's light each, uniform,
+BROAD_CLUMP_SCALE = (0.0, 1.5)       # times this per image, uniform,
+BROAD_CLUMP_SIGMA = (0.05, 0.1)      # arcsec, Gaussian sigma, uniform
+# subhalos: 15-40 (M and C 25), slope -1.3 to -0.9 (M and C -0.9) up to 1e10 Msun (M 1e10, C 5e9);
 # vortices 3e10-1e11 Msun (M 3e10, C 5e10) on half-lengths 0.03-3" (M 0.03-3", C 0.3-3")
 BROAD_SUBSTRUCTURE = Substructure(n_subhalos=(15, 40), subhalo_slope=(-1.3, -0.9), vortex_mass=(3e10, 1e11))
 
@@ -303,6 +304,6 @@ def sample_broad(cfg, labels, gen):
     source = dict(src_r_e=src_r_e, src_n=src_n, src_e1=src_e1, src_e2=src_e2, src_x=src_x, src_y=src_y)
     extra = dict(peak_snr=peak_counts / sky_counts.sqrt(), psf_fwhm=psf_fwhm, peak_counts=peak_counts,
                  sky_counts=sky_counts)
-    _add_clumps(gen, source, extra, BROAD_CLUMPS, COMMON_CLUMP_FRAC, COMMON_CLUMP_SIGMA,
+    _add_clumps(gen, source, extra, BROAD_CLUMPS, BROAD_CLUMP_FRAC, BROAD_CLUMP_SIGMA,
                 scale=uniform(gen, n, *BROAD_CLUMP_SCALE))
     return _scene_and_params(lens, source, point_masses, columns, extra)
