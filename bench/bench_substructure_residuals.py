@@ -18,7 +18,9 @@ residuals.png):
 - the physics ceiling of each configuration: the accuracy of an oracle on the residual
   statistics (a logistic regression on them, 5-fold cross-validated, chance 1/3);
 - the fit speed (images/s on this machine) and its accuracy on the no-substructure images
-  (true against fitted theta_E, shear).
+  (true against fitted theta_E, shear);
+- the residual-statistics classifier trained on each configuration, scored on the others and on
+  the public samples (per-image predictions): a physics baseline for the networks' transfer.
 """
 from __future__ import annotations
 
@@ -80,18 +82,51 @@ def table(stats, labels):
     return out
 
 
-def oracle_accuracy(stats, labels, seed=0):
-    """5-fold cross-validated accuracy of a logistic regression on the residual statistics."""
+def oracle_model():
+    """The residual-statistics classifier: a logistic regression on the standardised FEATURES."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    x = np.stack([stats[k] for k in FEATURES], 1)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+
+def features(stats):
+    """(N, len(FEATURES)): what the residual-statistics classifier sees of each image."""
+    return np.stack([stats[k] for k in FEATURES], 1)
+
+
+def oracle_accuracy(stats, labels, seed=0):
+    """5-fold cross-validated accuracy of a logistic regression on the residual statistics."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
     folds = min(5, int(np.bincount(labels).min()))
     if folds < 2:
         return float("nan")
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    return float(cross_val_score(model, x, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean())
+    return float(cross_val_score(oracle_model(), features(stats), labels,
+                                 cv=StratifiedKFold(folds, shuffle=True, random_state=seed)).mean())
+
+
+def oracle_transfer(measured):
+    """The residual-statistics classifier trained on each configuration's images, scored on every
+    other source: {trained on: {source: accuracy, or for the public samples per-image predictions}}.
+    A physics baseline for the networks' transfer: it sees only how much and where the smooth lens
+    misfits, not the image."""
+    out = {}
+    for name, (stats, labels, ids) in measured.items():
+        if name == "public" or len(np.unique(labels)) < 3:
+            continue
+        model = oracle_model().fit(features(stats), labels)
+        row = {}
+        for other, (o_stats, o_labels, o_ids) in measured.items():
+            if other == name:
+                continue
+            pred = model.predict(features(o_stats))
+            row[other] = float(np.mean(pred == o_labels))
+            if other == "public":
+                proba = model.predict_proba(features(o_stats))
+                row["public_predictions"] = {i: dict(zip(CLASSES, map(float, p))) | {"class": CLASSES[c]}
+                                             for i, p, c in zip(o_ids, proba, pred)}
+        out[name] = row
+    return out
 
 
 def print_table(source, rows):
@@ -160,10 +195,12 @@ def main(args):
     for config in args.configs:
         images, labels, truth = simulate(config, args.n, args.seed)
         sources.append((config, images, labels, truth, None))
+    measured = {}
     for name, images, labels, truth, ids in sources:
         # simulations are fitted through each image's own PSF, the public samples through the measured one
         psf = public_psf if truth is None else truth.get("psf_fwhm", scenes.CONFIGS[name].psf_fwhm[0])
         stats, params, seconds, examples[name] = measure(images, args.batch, psf)
+        measured[name] = (stats, labels, ids)
         entry = dict(table=table(stats, labels), images_per_s=len(images) / seconds, n=len(images))
         if name != "public":
             entry["oracle_accuracy"] = oracle_accuracy(stats, labels, args.seed)
@@ -179,6 +216,14 @@ def main(args):
                        f"median |fit - true| on no-substructure images: "
                        + ", ".join(f"{k} {v:.4f}" for k, v in entry["fit_error_no_substructure"].items())
                        if name != "public" else ""), entry["table"])
+    results["oracle_transfer"] = transfer = oracle_transfer(measured)
+    if transfer:
+        print("\nresidual-statistics classifier (logistic regression) trained on a configuration's images, "
+              "accuracy on each other source (chance 0.333):")
+        for name, row in transfer.items():
+            print(f"  {name:18s} " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "public_predictions"))
+            if "public_predictions" in row:
+                print("    public samples: " + ", ".join(f"{i} -> {p['class']}" for i, p in row["public_predictions"].items()))
     with open(os.path.join(args.out, "residuals.json"), "w") as f:
         json.dump(results, f, indent=1)
     figure(os.path.join(args.out, "residuals.png"), examples)

@@ -243,8 +243,8 @@ def _psf_fwhm(text):
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected 'scan' or a FWHM in arcsec > 0, got {text!r}")
+    if not 0 < value < 10:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected 'scan' or a FWHM in arcsec (0-10), got {text!r}")
     return value
 
 

@@ -23,7 +23,7 @@ PYTHON_BENCHES = {
     "bench_predict_stream.py": ["light curves/s", "variables"],
     "bench_simulate.py": ["events/s", "speed-up", "adaptive worst", "survey  variable"],
     "bench_substructure_realism.py": ["deeplense-common"],
-    "bench_substructure_residuals.py": ["oracle accuracy", "images/s fitted", "undetectable", "public"],
+    "bench_substructure_residuals.py": ["oracle accuracy", "images/s fitted", "undetectable", "public", "residual-statistics classifier"],
     "bench_train.py": ["samples/s", "process(es)"],
     "gpu_check.py": ["samples/s", "wrote"],
 }

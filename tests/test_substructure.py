@@ -345,6 +345,6 @@ def test_residual_report_scans_for_the_psf(tmp_path, monkeypatch, capsys):
     assert 'PSF FWHM 0.200"' in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 3
     assert parser.parse_args(["--psf-fwhm", "0.087"]).psf_fwhm == 0.087
-    for bad in ("0", "-0.1", "wide", "nan"):
+    for bad in ("0", "-0.1", "wide", "nan", "inf"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--psf-fwhm", bad])

@@ -14,6 +14,11 @@ issue 26 asks for: chi^2 per degree of freedom, the residual power above the noi
 (mean r^2 - 1 over the pixels where the model is bright) and its share inside, on and outside the
 Einstein ring, and whether it is significant at all (`detectable`: above the noise by more than
 DETECT_SIGMA of its own sampling error).
+
+`psf_scan` measures the PSF itself: the FWHM whose fit leaves the least chi^2. The residuals are only
+as good as the PSF they are fitted through: the public DeepLense Common Test I samples, fitted
+through Model I's 0.087" instead of their own 0.21", all leave the same negative arcs along the
+ring's ridge, with or without substructure.
 """
 from __future__ import annotations
 
