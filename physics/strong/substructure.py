@@ -180,7 +180,7 @@ COMMON_SRC_BOX = 0.45             # arcsec: centre uniform in +-this in x and in
 # (median of 9; each 0.19-0.22), not at Model I's 0.087" (chi^2 higher by 300-1,800 per image). Through
 # 0.087" every public image, with or without substructure, left the same pattern along its ring:
 # thin negative arcs on the ridge with positive ones beside them (mean residual -0.2 to -0.7 sigma where
-# the source is within 0.25 R_e of its centre, +0.3 to +0.6 at 0.25-0.5 R_e); through 0.20" the
+# the source is within 0.25 R_e of its centre, +0.3 to +0.6 at 0.25-0.5 R_e); through 0.21" the
 # no-substructure images are smooth to the noise. The scan recovers 0.18-0.20" on this config's
 # images and <= 0.087" on Model I's PSF. The noise is white (noise_highpass_ratio 0.940 public,
 # 0.941 here), so it comes after the PSF, as here.
