@@ -8,7 +8,7 @@ For the 9 public samples (../shared/samples/deeplense_substructure) and --n imag
 each configuration in --configs (default deeplense-model1, deeplense-common, deeplense-broad;
 seeded, in memory), `physics.strong.fit.fit_smooth` fits
 each image (simulations through their own PSF, the public samples through the one that fits
-them best: `--public-psf scan`, a Gaussian of FWHM 0.20") and `residual_stats` measures the residuals in units of the noise (a noise model
+them best: `--public-psf scan`, a Gaussian of FWHM 0.21") and `residual_stats` measures the residuals in units of the noise (a noise model
 measured from the image itself, not from the fit). Prints and writes (residuals.json,
 residuals.png):
 - per source and class: chi^2 per degree of freedom, the residual power above the noise on the
@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from bench_substructure_realism import PUBLIC_DEFAULT, load_public, simulate  # noqa: E402
 from physics.strong import fit, scenes  # noqa: E402
+from tasks.substructure import psf_fwhm_arg  # noqa: E402
 
 CLASSES = ("no", "sphere", "vort")
 CONFIG_NAMES = ("deeplense-model1", "deeplense-common", "deeplense-broad")
@@ -164,9 +165,9 @@ def get_args_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", nargs="+", default=list(CONFIG_NAMES), choices=CONFIG_NAMES,
                    help="simulator configurations to measure beside the public samples")
-    p.add_argument("--public-psf", default="scan",
+    p.add_argument("--public-psf", default="scan", type=psf_fwhm_arg,
                    help="Gaussian FWHM (arcsec) the public samples are fitted through, or 'scan': the median "
-                        "of the FWHMs that fit each best (physics.strong.fit.psf_scan; 0.20 for the 9 samples)")
+                        "of the FWHMs that fit each best (physics.strong.fit.psf_scan; 0.208 for the 9 samples)")
     p.add_argument("--tiny", action="store_true", help="2 images per class, a short fit (a smoke run)")
     return p
 
@@ -191,7 +192,7 @@ def main(args):
             print(f"public samples' PSF (the FWHM whose smooth-lens fit leaves the least chi^2): median "
                   f"{public_psf:.3f}\" (" + ", ".join(f"{i} {v:.3f}" for i, v in zip(ids, scan["fwhm"])) + ")")
         else:
-            public_psf = float(args.public_psf)
+            public_psf = args.public_psf
     for config in args.configs:
         images, labels, truth = simulate(config, args.n, args.seed)
         sources.append((config, images, labels, truth, None))

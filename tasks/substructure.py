@@ -225,7 +225,7 @@ def add_evaluate_args(parser):
                         "image per core) and report the accuracy on images with and without a residual above the "
                         "noise: residuals.csv")
     g.add_argument("--pixel-scale", type=float, default=0.05, help="--residuals: arcsec per pixel")
-    g.add_argument("--psf-fwhm", type=_psf_fwhm, default="scan",
+    g.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
                    help="--residuals: the Gaussian PSF's FWHM in arcsec, or 'scan' (default): the median over up to "
                         f"{PSF_SCAN_IMAGES} images of the FWHM whose fit leaves the least chi^2 (physics.strong.fit."
                         "psf_scan; 7 more fits of those images). deeplense-model1 0.087, deeplense-common and the "
@@ -235,8 +235,8 @@ def add_evaluate_args(parser):
 PSF_SCAN_IMAGES = 32  # images `--psf-fwhm scan` fits at each FWHM
 
 
-def _psf_fwhm(text):
-    """--psf-fwhm: 'scan' or a positive number of arcsec."""
+def psf_fwhm_arg(text):
+    """An argparse type for a PSF FWHM: 'scan' or a number of arcsec in (0, 10)."""
     if text == "scan":
         return text
     try:

@@ -242,8 +242,6 @@ def _add_clumps(gen, source, extra, count, frac, sigma, scale=None):
     `scale` (n,) where given; sigma uniform in `sigma`; uniform over the disc of
     CLUMP_RADIUS half-light radii), and their total share as the parameter column
     src_clump_flux."""
-    if not count:
-        return
     n = len(source["src_x"])
     shape = (n, count)
     r = CLUMP_RADIUS * source["src_r_e"][:, None] * torch.sqrt(
