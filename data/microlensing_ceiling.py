@@ -12,6 +12,12 @@ fit would reach their true χ²). Its accuracy is the ceiling a classifier is qu
 
 Values are kept in `<file>.dchi2.npz` next to the data (or in `fallback_dir` when that folder
 is read-only), keyed by the file's fingerprint and filled in for the rows asked for.
+
+With `survey_seed`, the same Δχ² of the ground-survey versions of the curves (the epochs, errors
+as reported and outliers `data.microlensing.h5_features` gives for that seed; kept in
+`<file>.dchi2_ground<seed>.npz`): the ceiling on ground photometry, what a ground network's
+sampling and noise leave of the season's signal. Like the dense ceiling it reads the season
+only, not the years around it.
 """
 from __future__ import annotations
 
@@ -49,13 +55,16 @@ def event_dchi2(time, mag, mag_err, magnification, params, finite_source: bool =
     return {"dchi2_pspl": fit["chi2"] - chi2_true, "dchi2_flat": chi2_flat - chi2_true}
 
 
-def annotations(path, rows, fallback_dir=None, block: int = 128, progress: bool = True) -> dict:
-    """dchi2_pspl and dchi2_flat (len(rows),) for the given rows of a simulator file."""
+def annotations(path, rows, fallback_dir=None, block: int = 128, progress: bool = True,
+                survey_seed: int | None = None) -> dict:
+    """dchi2_pspl and dchi2_flat (len(rows),) for the given rows of a simulator file (of their
+    ground-survey versions with survey_seed)."""
+    from data.microlensing import _ground
     rows = np.asarray(rows, dtype=np.int64)
     key = mlh5.fingerprint(path)
-    cache = path + ".dchi2.npz"
+    cache = path + (".dchi2.npz" if survey_seed is None else f".dchi2_ground{int(survey_seed)}.npz")
     if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and fallback_dir:
-        cache = os.path.join(fallback_dir, os.path.basename(path) + ".dchi2.npz")
+        cache = os.path.join(fallback_dir, os.path.basename(cache))
     known = {}
     if os.path.isfile(cache):
         try:
@@ -68,11 +77,15 @@ def annotations(path, rows, fallback_dir=None, block: int = 128, progress: bool 
     if len(todo):
         with mlh5.open_checked(path) as f:
             time = f["time"][:]
-            bar = tqdm(total=len(todo), desc="Δχ² ceiling", unit="ev", disable=not progress, leave=False)
+            desc = "Δχ² ceiling" + (" (ground versions)" if survey_seed is not None else "")
+            bar = tqdm(total=len(todo), desc=desc, unit="ev", disable=not progress, leave=False)
             for i in range(0, len(todo), block):
                 idx = todo[i:i + block]
                 try:
-                    out = event_dchi2(time, f["mag"][idx], f["mag_err"][idx], f["magnification"][idx], f["params"][idx])
+                    mag, err = f["mag"][idx], f["mag_err"][idx]
+                    if survey_seed is not None:
+                        mag, err = _ground(f, survey_seed, idx, time, mag, err)
+                    out = event_dchi2(time, mag, err, f["magnification"][idx], f["params"][idx])
                 except (OSError, KeyError) as err:
                     raise mlh5.SchemaError(f"{path}: damaged HDF5 file ({err})") from None
                 known.update({int(r): (a, b) for r, a, b in zip(idx, out["dchi2_pspl"], out["dchi2_flat"])})

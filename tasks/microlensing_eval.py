@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from data import microlensing as task_data
+from data.lightcurves import MASK_CHANNEL
 from data import microlensing_ceiling as ceiling
 from data import microlensing_h5 as mlh5
 from engine.inference import predict_log_probs
@@ -157,10 +158,13 @@ def recall_by_tE(tE, y, pred) -> dict:
     return out
 
 
-def variable_summary(y, probs, pred, params, false_alarm: float = VARIABLE_FALSE_ALARM) -> dict:
+def variable_summary(y, probs, pred, params, false_alarm: float = VARIABLE_FALSE_ALARM,
+                     other_seasons=None) -> dict:
     """What the variable class costs a survey: the share of each variable kind called lensing
     (PSPL or binary) at the operating point, and the lensing recall at the P(lensing) threshold
-    that `false_alarm` of these variables exceed (a point of the lensing-vs-variable ROC)."""
+    that `false_alarm` of these variables exceed (a point of the lensing-vs-variable ROC).
+    other_seasons: (N,) bool (`other_seasons_seen`): the same apart for curves whose file holds
+    other seasons and curves of their season only."""
     from physics.microlensing.variables import KINDS
     variable, lensed = y == 3, (y == 1) | (y == 2)
     called, called_argmax = np.isin(pred, (1, 2)), np.isin(np.asarray(probs).argmax(1), (1, 2))
@@ -174,13 +178,39 @@ def variable_summary(y, probs, pred, params, false_alarm: float = VARIABLE_FALSE
                                 "called_variable": float((pred[rows] == 3).mean()) if rows.any() else float("nan"),
                                 "called_lensing_argmax": float(called_argmax[rows].mean()) if rows.any() else float("nan")}
     if variable.any() and lensed.any():
-        scores = np.sort(lensing_score(probs[variable]))[::-1]
-        allowed = int(np.floor(false_alarm * len(scores)))  # variables allowed above the threshold
-        threshold = float(scores[allowed]) if allowed < len(scores) else 0.0
-        out["at_false_alarm"] = {"false_alarm": float(false_alarm), "threshold": threshold,
-                                 "lensing_recall": float((lensing_score(probs[lensed]) > threshold).mean())}
+        out["at_false_alarm"] = _recall_at_false_alarm(probs[lensed], probs[variable], false_alarm)
     out["lensing_recall"] = float(called[lensed].mean()) if lensed.any() else float("nan")
+    if other_seasons is not None:  # what a file with other seasons buys against one of its season only
+        out["by_view"] = {}
+        for view, rows in (("other seasons", other_seasons), ("one season", ~other_seasons)):
+            v, le = variable & rows, lensed & rows
+            out["by_view"][view] = {"n_variable": int(v.sum()), "n_lensed": int(le.sum()),
+                                    "called_lensing": float(called[v].mean()) if v.any() else float("nan"),
+                                    **({"at_false_alarm": _recall_at_false_alarm(probs[le], probs[v], false_alarm)}
+                                       if v.any() and le.any() else {})}
     return out
+
+
+def _recall_at_false_alarm(lensed_probs, variable_probs, false_alarm: float) -> dict:
+    """The share of lensed events above the P(lensing) threshold that `false_alarm` of the
+    variables exceed."""
+    scores = np.sort(lensing_score(variable_probs))[::-1]
+    allowed = int(np.floor(false_alarm * len(scores)))  # variables allowed above the threshold
+    threshold = float(scores[allowed]) if allowed < len(scores) else 0.0
+    return {"false_alarm": float(false_alarm), "threshold": threshold,
+            "lensing_recall": float((lensing_score(lensed_probs) > threshold).mean())}
+
+
+def other_seasons_seen(features, grid) -> np.ndarray | None:
+    """(N,) bool: the curve has epochs in its context view outside its own season (a file of
+    several seasons, or a simulated star's other seasons); None for a run without a context view."""
+    n = int(grid.get("context_bins") or 0)
+    if not n:
+        return None
+    days = float(grid["context_days"])
+    centres = (np.arange(n) + 0.5 - n / 2.0) * days  # bin centres from the window's centre
+    outside = np.abs(centres) > grid["season_days"] / 2.0 + days / 2.0
+    return (np.asarray(features[:, -n:, MASK_CHANNEL])[:, outside] > 0).any(1)
 
 
 def evaluate(ckpt, model, ckpt_path, args) -> dict:
@@ -228,13 +258,16 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     if "tE" in (params.dtype.names or ()):
         summary["recall_by_tE"] = recall_by_tE(params["tE"], y, pred)
     if len(names) == 4:
-        summary["variables"] = variable_summary(y, probs, pred, params)
+        summary["variables"] = variable_summary(y, probs, pred, params,
+                                                other_seasons=other_seasons_seen(features, grid))
         lensing_rows = y < 3  # the three lensing classes as a three-class problem, as the oracle sees them
-        summary["three_class"] = {"n": int(lensing_rows.sum()),
-                                  "accuracy": float((pred[lensing_rows] == y[lensing_rows]).mean()),
-                                  "accuracy_argmax": float((probs[lensing_rows, :3].argmax(1) == y[lensing_rows]).mean())}
-    if args.ceiling and survey_seed is None:  # the Δχ² are those of the curves as simulated
-        summary["ceiling"] = _ceiling(data_path, rows, y, pred, params, out_dir, P, colors, not args.no_progress)
+        if lensing_rows.any():  # a file of variables only (variables.h5) has none
+            summary["three_class"] = {
+                "n": int(lensing_rows.sum()), "accuracy": float((pred[lensing_rows] == y[lensing_rows]).mean()),
+                "accuracy_argmax": float((probs[lensing_rows, :3].argmax(1) == y[lensing_rows]).mean())}
+    if args.ceiling:  # the Δχ² of the curves evaluated: as simulated, or their ground versions
+        summary["ceiling"] = _ceiling(data_path, rows, y, pred, params, out_dir, P, colors, not args.no_progress,
+                                      survey_seed)
     summary["t0_check"] = plots.t0_check_plot(params["t0"], y, pred, names, P("temporal_bias_check.png"),
                                               season_days=grid["season_days"], colors=colors)
     np.savez(P("predictions.npz"), rows=rows, y_true=y, y_pred=pred, probs=probs, u0=params["u0"], t0=params["t0"],
@@ -285,7 +318,10 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         early = (f" | variables called lensing {v['called_lensing']:.3f} ("
                  + ", ".join(f"{k} {d['called_lensing']:.2f}" for k, d in v["by_kind"].items() if d["n"]) + ")"
                  + (f"; lensing recall at {v['at_false_alarm']['false_alarm']:.0%} of variables "
-                    f"{v['at_false_alarm']['lensing_recall']:.3f}" if "at_false_alarm" in v else "") + early)
+                    f"{v['at_false_alarm']['lensing_recall']:.3f}" if "at_false_alarm" in v else "")
+                 + "".join(f", files of {k} {d['at_false_alarm']['lensing_recall']:.3f} "
+                           f"({d['n_lensed']} lensed, {d['n_variable']} variables)"
+                           for k, d in v.get("by_view", {}).items() if "at_false_alarm" in d) + early)
     summary["headline"] = (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}] "
                            f"({rule}; argmax {summary['argmax']['accuracy']:.4f}) "
                            f"| recall {recall} | ECE {m['ece']:.3f}{ceil}{early}")
@@ -365,15 +401,15 @@ def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict
     return new
 
 
-def _ceiling(data_path, rows, y, pred, params, out_dir, P, colors, progress) -> dict:
+def _ceiling(data_path, rows, y, pred, params, out_dir, P, colors, progress, survey_seed=None) -> dict:
     """Model vs the true-model oracle, per Δχ² bin (data.microlensing_ceiling), on the flat, PSPL
     and binary rows; for variables, the share of each kind a single-lens fit explains as well as
     its true curve (Δχ² <= 25): no classifier can call those non-lensing from this season alone.
-    Δχ² kept in a sidecar."""
+    With survey_seed, all of it on the ground versions evaluated. Δχ² kept in a sidecar."""
     from physics.microlensing.variables import KINDS
     from plots import microlensing_eval as plots
     try:
-        d = ceiling.annotations(data_path, rows, fallback_dir=out_dir, progress=progress)
+        d = ceiling.annotations(data_path, rows, fallback_dir=out_dir, progress=progress, survey_seed=survey_seed)
     except mlh5.SchemaError as err:
         raise TaskError(str(err)) from None
     variable = y == 3

@@ -287,3 +287,29 @@ def test_fit_refines_from_a_given_start_to_the_searched_fit():
     np.testing.assert_allclose(refined["tE"], tE, rtol=0.05)
     lost = fit_pspl(T, flux, ferr, start={"t0": t0 + 20.0, "tE": tE, "u0": u0})   # no search: a start 20 d off
     assert lost["chi2"][0] > searched["chi2"][0] + 100                        # never finds the 0.15-day event
+
+
+def test_ground_ceiling_is_computed_on_the_ground_versions(tmp_path, tiny_h5):
+    """With survey_seed the Δχ² are those of the ground versions the model sees (the same
+    epochs and reported errors as h5_features), kept apart from the dense ones and per seed."""
+    import shutil
+    import h5py
+    from data.microlensing import _ground
+    path = str(tmp_path / "tiny.h5")
+    shutil.copy(tiny_h5, path)
+    rows = np.arange(80)
+    dense = ceiling.annotations(path, rows, progress=False)
+    ground = ceiling.annotations(path, rows, progress=False, survey_seed=5)
+    assert (tmp_path / "tiny.h5.dchi2_ground5.npz").is_file() and (tmp_path / "tiny.h5.dchi2.npz").is_file()
+    with h5py.File(path, "r") as f:
+        y = f["labels"][:]
+        mag, err = _ground(f, 5, rows[y == 1], f["time"][:], f["mag"][rows[y == 1]], f["mag_err"][rows[y == 1]])
+        direct = ceiling.event_dchi2(f["time"][:], mag, err, f["magnification"][rows[y == 1]], f["params"][rows[y == 1]])
+    np.testing.assert_allclose(ground["dchi2_flat"][y == 1], direct["dchi2_flat"], rtol=1e-6)
+    # a ground network sees fewer epochs: a PSPL event's distance from a flat star shrinks
+    lensed = y == 1
+    assert np.median(ground["dchi2_flat"][lensed]) < 0.5 * np.median(dense["dchi2_flat"][lensed])
+    again = ceiling.annotations(path, rows, progress=False, survey_seed=5)
+    np.testing.assert_array_equal(again["dchi2_flat"], ground["dchi2_flat"])
+    other = ceiling.annotations(path, rows, progress=False, survey_seed=6)
+    assert not np.allclose(other["dchi2_flat"][lensed], ground["dchi2_flat"][lensed])

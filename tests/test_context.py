@@ -190,3 +190,32 @@ def test_an_event_of_two_telescopes_over_several_seasons_is_tied_in_its_context(
     assert info["n_files"] == 2 and seen.sum() > 20   # three seasons of 15-day bins
     pulls = np.sinh(ctx[seen, 4])
     assert np.sqrt(np.mean(pulls ** 2)) < 3.0, pulls
+
+
+def test_files_with_other_seasons_are_told_from_one_season_files(tiny_h5):
+    """evaluate.py quotes the lensing recall at 1% of variables apart for curves whose context
+    holds other seasons and for files of their season only (their one-season ceiling)."""
+    from data import microlensing as task_data
+    from tasks.microlensing_eval import other_seasons_seen, variable_summary
+    rng = np.random.default_rng(0)
+
+    def star(time):  # a constant star observed at these times
+        mag = 20.0 + 0.01 * rng.standard_normal(len(time))
+        return grid_features(time, mag, np.full(len(time), 0.01), 0.0, CTX_GRID).reshape(1, -1, 6)
+    one = np.sort(rng.uniform(0.0, 72.0, 300))
+    three = np.concatenate([one - 365.0, one, one + 365.0])
+    feats = np.concatenate([star(one), star(three)])
+    np.testing.assert_array_equal(other_seasons_seen(feats, CTX_GRID), [False, True])
+    assert other_seasons_seen(feats, {**CTX_GRID, "context_bins": 0}) is None
+    sim = other_seasons_seen(task_data.h5_features(tiny_h5, CTX_GRID, np.arange(40), progress=False)[0], CTX_GRID)
+    assert 0 < sim.sum() < 40  # Roman: some stars' files hold their season only
+    # 100 variables of each view; those of one season look like lensing, the others do not
+    y = np.array([1] * 20 + [3] * 200)
+    view = np.array([True] * 10 + [False] * 10 + [True] * 100 + [False] * 100)
+    score = np.where(y == 1, 0.95, np.where(view, 0.1, 0.99))
+    probs = np.stack([1 - score, score, np.zeros_like(score), np.zeros_like(score)], 1)
+    params = np.zeros(len(y), dtype=[("var_kind", "f4")])
+    out = variable_summary(y, probs, probs.argmax(1), params, other_seasons=view)
+    assert out["by_view"]["other seasons"]["at_false_alarm"]["lensing_recall"] == 1.0
+    assert out["by_view"]["one season"]["at_false_alarm"]["lensing_recall"] == 0.0
+    assert out["by_view"]["one season"]["n_variable"] == 100 and out["by_view"]["other seasons"]["n_lensed"] == 10

@@ -183,6 +183,14 @@ def test_predict_on_samples_and_ensemble(tmp_path, tiny_h5, photometry_dir):
     assert list(summary["recall_by_tE"]) == ["<1 d", "1-5 d", "5-30 d", "30-100 d", ">100 d"]
     assert sum(v["n"] for v in summary["recall_by_tE"].values()) == sum(summary["per_class"][c]["support"]
                                                                          for c in ("pspl", "binary"))
+    # ground versions of the test split, quoted against the Δχ² ceiling of those same versions
+    r = run_script("evaluate.py", "--run", str(tmp_path / "results" / "a"), "--no-progress", "--no-early-detection",
+                   "--survey", "ground", "--survey-seed", "7")
+    assert r.returncode == 0, r.stderr
+    ground = json.load(open(tmp_path / "results" / "a" / "eval_tiny_ground" / "evaluation_summary.json"))
+    assert 0 <= ground["ceiling"]["oracle_accuracy"] <= 1
+    assert os.path.isfile(tiny_h5 + ".dchi2_ground7.npz") or os.path.isfile(
+        tmp_path / "results" / "a" / "eval_tiny_ground" / "tiny.h5.dchi2_ground7.npz")
     runs = [str(tmp_path / "results" / n) for n in ("a", "b")]
     out = tmp_path / "pred.csv"
     r = run_script("predict.py", "--runs", *runs, "--input", photometry_dir, tiny_h5, "--output", str(out), "--no-progress")
