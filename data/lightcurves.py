@@ -302,11 +302,50 @@ def light_curve_features(time, mag, mag_err, t_start: float, n_bins: int, bin_da
     return np.concatenate(parts, axis=1)
 
 
+DESPIKE_SIGMA = 4.0  # departure from each neighbour, in their combined errors, of an epoch dropped as an outlier
+DESPIKE_CALM = 3.0   # ... while its four neighbours agree within 1/DESPIKE_CALM of that departure
+
+
+def despike(time, mag, mag_err, sigma: float = DESPIKE_SIGMA, calm: float = DESPIKE_CALM):
+    """Copies of mag, mag_err (N, L) (epochs at time (L,), NaN where not observed) with isolated
+    one-epoch outliers set to NaN, as photometry pipelines' outliers are removed before a fit: an
+    epoch that departs from its previous and its next observed epoch in the same direction by more
+    than `sigma` combined errors each, while its two neighbours on each side agree among
+    themselves within 1/`calm` of that departure (a flat or smooth stretch). A real peak, a caustic
+    crossing or a flare sampled by two or more epochs keeps them: its neighbours rise or fall too.
+    The first and last two epochs of a curve are kept."""
+    order = np.argsort(np.asarray(time, dtype=np.float64), kind="stable")
+    mag_out, err_out = np.array(mag, copy=True), np.array(mag_err, copy=True)
+    for k in range(mag_out.shape[0]):
+        m, e = mag_out[k, order].astype(np.float64), err_out[k, order].astype(np.float64)
+        seen = np.flatnonzero(np.isfinite(m) & np.isfinite(e) & (e > 0))
+        if len(seen) < 5:
+            continue
+        m, e = m[seen], e[seen]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step = np.diff(m) / np.hypot(e[1:], e[:-1])           # epoch j+1 against epoch j
+        up, down = step[1:-2], -step[2:-1]                           # epochs 2..n-3 against both neighbours
+        spike = np.where(np.sign(up) == np.sign(down), np.minimum(np.abs(up), np.abs(down)), 0.0)
+        i = np.arange(2, len(m) - 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            across = (m[i + 1] - m[i - 1]) / np.hypot(e[i + 1], e[i - 1])
+        spread = np.maximum.reduce([np.abs(step[:-3]), np.abs(step[3:]), np.abs(across)])
+        drop = seen[i[(spike > sigma) & (spread * calm < spike)]]
+        mag_out[k, order[drop]] = np.nan
+        err_out[k, order[drop]] = np.nan
+    return mag_out, err_out
+
+
 def grid_features(time, mag, mag_err, t_start: float, grid: dict, context: tuple | None = None) -> np.ndarray:
-    """Features on a run's grid (n_bins, bin_days, feature set, scaled view, context view; runs
-    without them are `basic`, without the views). context = (time_c, mag_c, err_c): the epochs
-    of the years around the window (default: the curve's own, as a real file has them)."""
+    """Features on a run's grid (n_bins, bin_days, feature set, scaled view, context view, outliers
+    removed (`despike`) or not; runs without them are `basic`, without the views, with every
+    epoch). context = (time_c, mag_c, err_c): the epochs of the years around the window
+    (default: the curve's own, as a real file has them)."""
     scaled = (grid["scaled_bins"], grid["scaled_span"]) if grid.get("scaled_bins") else None
+    if grid.get("despike"):
+        if context is not None:
+            context = (context[0], *despike(*context))
+        mag, mag_err = despike(time, mag, mag_err)
     if grid.get("context_bins"):
         context = (*(context or (time, mag, mag_err)), grid["context_bins"], grid["context_days"])
     else:

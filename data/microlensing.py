@@ -36,7 +36,8 @@ def grid_from_args(args) -> dict:
             "n_bins": n_bins, "bin_days": bin_days, "features": args.features,
             "scaled_bins": int(getattr(args, "scaled_bins", 0) or 0), "scaled_span": float(getattr(args, "scaled_span", 4.0)),
             "context_bins": int(getattr(args, "context_bins", 0) or 0),
-            "context_days": float(getattr(args, "context_days", 15.0)), "quiet_sigma": QUIET_SIGMA}
+            "context_days": float(getattr(args, "context_days", 15.0)), "quiet_sigma": QUIET_SIGMA,
+            **({"despike": True} if getattr(args, "despike", False) else {})}
 
 
 def h5_features(path, grid: dict, rows=None, block: int = 256, progress: bool = True,

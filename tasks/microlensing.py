@@ -36,9 +36,9 @@ DEFAULTS = dict(model="patch_transformer", epochs=30, batch_size=64, lr=5e-4, we
                 warmup_epochs=1.0, val_fraction=0.1, test_fraction=0.1, dropout=0.1)
 IDENTITY_KEYS = ("task", "model", "d_model", "n_layers", "window_size", "attention_pooling", "hierarchical",
                  "use_aux_head", "patch_size", "season_days", "bin_minutes", "features", "scaled_bins", "scaled_span",
-                 "context_bins", "context_days", "survey_augment",
+                 "context_bins", "context_days", "despike", "survey_augment",
                  "truncate_augment", "data_fingerprint", "seed", "val_fraction", "test_fraction")
-IDENTITY_DEFAULTS = {"scaled_bins": 0, "scaled_span": 4.0, "context_bins": 0, "context_days": 15.0}  # runs made before these options ran as their defaults
+IDENTITY_DEFAULTS = {"scaled_bins": 0, "scaled_span": 4.0, "context_bins": 0, "context_days": 15.0, "despike": False}  # runs made before these options ran as their defaults
 
 
 # --------------------------------------------------------------------------- train.py
@@ -68,6 +68,10 @@ def add_train_args(parser):
                         "context.py), residual against the window's single-lens fit: a variable varies there, a "
                         "lensed star does not; residual feature sets only; 0 = the window only")
     g.add_argument("--context-days", type=float, default=15.0, metavar="D", help="width of a context bin, days")
+    g.add_argument("--despike", action=argparse.BooleanOptionalAction, default=False,
+                   help="drop isolated one-epoch outliers (an epoch far from both neighbours while they agree: "
+                        "data/lightcurves.despike) before the features, in training, evaluate and predict alike; "
+                        "ground photometry has them")
     g.add_argument("--d-model", type=int, default=64)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--window-size", type=int, default=5, help="causal conv kernel size")

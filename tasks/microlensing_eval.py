@@ -159,12 +159,15 @@ def recall_by_tE(tE, y, pred) -> dict:
 
 
 def variable_summary(y, probs, pred, params, false_alarm: float = VARIABLE_FALSE_ALARM,
-                     other_seasons=None) -> dict:
+                     other_seasons=None, reference: dict | None = None) -> dict:
     """What the variable class costs a survey: the share of each variable kind called lensing
     (PSPL or binary) at the operating point, and the lensing recall at the P(lensing) threshold
     that `false_alarm` of these variables exceed (a point of the lensing-vs-variable ROC).
     other_seasons: (N,) bool (`other_seasons_seen`): the same apart for curves whose file holds
-    other seasons and curves of their season only."""
+    other seasons and curves of their season only. reference: {"probs", "other_seasons"} of
+    variables simulated apart (`--calibrate-variables`): the thresholds are set on those instead
+    of the evaluated variables (2,500 of them put a 1% threshold on 25 curves, a test split's 250
+    on 2)."""
     from physics.microlensing.variables import KINDS
     variable, lensed = y == 3, (y == 1) | (y == 2)
     called, called_argmax = np.isin(pred, (1, 2)), np.isin(np.asarray(probs).argmax(1), (1, 2))
@@ -177,17 +180,24 @@ def variable_summary(y, probs, pred, params, false_alarm: float = VARIABLE_FALSE
                                 "called_lensing": float(called[rows].mean()) if rows.any() else float("nan"),
                                 "called_variable": float((pred[rows] == 3).mean()) if rows.any() else float("nan"),
                                 "called_lensing_argmax": float(called_argmax[rows].mean()) if rows.any() else float("nan")}
-    if variable.any() and lensed.any():
-        out["at_false_alarm"] = _recall_at_false_alarm(probs[lensed], probs[variable], false_alarm)
+    ref_probs = reference["probs"] if reference else probs[variable]
+    ref_view = reference.get("other_seasons") if reference else (other_seasons[variable] if other_seasons is not None
+                                                                  else None)
+    if len(ref_probs) and lensed.any():
+        out["at_false_alarm"] = _recall_at_false_alarm(probs[lensed], ref_probs, false_alarm)
+        out["at_false_alarm"]["n_variable"] = int(len(ref_probs))
+        out["at_false_alarm"]["variables"] = "calibration file" if reference else "evaluated"
     out["lensing_recall"] = float(called[lensed].mean()) if lensed.any() else float("nan")
-    if other_seasons is not None:  # what a file with other seasons buys against one of its season only
+    if other_seasons is not None and ref_view is not None:  # a file with other seasons against one of its season only
         out["by_view"] = {}
-        for view, rows in (("other seasons", other_seasons), ("one season", ~other_seasons)):
+        for view, rows, ref_rows in (("other seasons", other_seasons, ref_view),
+                                     ("one season", ~other_seasons, ~ref_view)):
             v, le = variable & rows, lensed & rows
-            out["by_view"][view] = {"n_variable": int(v.sum()), "n_lensed": int(le.sum()),
+            out["by_view"][view] = {"n_variable": int(ref_rows.sum()), "n_lensed": int(le.sum()),
                                     "called_lensing": float(called[v].mean()) if v.any() else float("nan"),
-                                    **({"at_false_alarm": _recall_at_false_alarm(probs[le], probs[v], false_alarm)}
-                                       if v.any() and le.any() else {})}
+                                    **({"at_false_alarm": _recall_at_false_alarm(probs[le], ref_probs[ref_rows],
+                                                                                 false_alarm)}
+                                       if ref_rows.any() and le.any() else {})}
     return out
 
 
@@ -238,7 +248,8 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         return predict_log_probs(model, feats, stats, args.batch_size, args.device, not args.no_progress, desc)
 
     probs = np.exp(log_probs_of(features))
-    point = _decision(ckpt, data_path, what.startswith("test split"), grid, log_probs_of, args, ckpt_path)
+    reference = {}  # the calibration file's variables, where one is given
+    point = _decision(ckpt, data_path, what.startswith("test split"), grid, log_probs_of, args, ckpt_path, reference)
     pred = decide(probs, point)
     colors = plots.palette(args.colorblind_safe)
     P = lambda name: os.path.join(out_dir, name)  # noqa: E731
@@ -258,7 +269,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     if "tE" in (params.dtype.names or ()):
         summary["recall_by_tE"] = recall_by_tE(params["tE"], y, pred)
     if len(names) == 4:
-        summary["variables"] = variable_summary(y, probs, pred, params,
+        summary["variables"] = variable_summary(y, probs, pred, params, reference=reference or None,
                                                 other_seasons=other_seasons_seen(features, grid))
         lensing_rows = y < 3  # the three lensing classes as a three-class problem, as the oracle sees them
         if lensing_rows.any():  # a file of variables only (variables.h5) has none
@@ -317,7 +328,8 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
         v = summary["variables"]
         early = (f" | variables called lensing {v['called_lensing']:.3f} ("
                  + ", ".join(f"{k} {d['called_lensing']:.2f}" for k, d in v["by_kind"].items() if d["n"]) + ")"
-                 + (f"; lensing recall at {v['at_false_alarm']['false_alarm']:.0%} of variables "
+                 + (f"; lensing recall at {v['at_false_alarm']['false_alarm']:.0%} of the "
+                    f"{v['at_false_alarm']['n_variable']} {v['at_false_alarm']['variables']} variables "
                     f"{v['at_false_alarm']['lensing_recall']:.3f}" if "at_false_alarm" in v else "")
                  + "".join(f", files of {k} {d['at_false_alarm']['lensing_recall']:.3f} "
                            f"({d['n_lensed']} lensed, {d['n_variable']} variables)"
@@ -329,13 +341,16 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     return summary
 
 
-def _decision(ckpt, data_path, training_file, grid, log_probs_of, args, ckpt_path=None):
+def _decision(ckpt, data_path, training_file, grid, log_probs_of, args, ckpt_path=None, reference=None):
     """The operating point evaluate uses (None: argmax): the checkpoint's, else, for a run kept
-    without one, chosen on the run's validation split of the training file (full curves)."""
+    without one, chosen on the run's validation split of the training file (full curves).
+    reference: a dict filled with the calibration variables' probabilities (calibrate_variables)."""
+    if getattr(args, "calibrate_variables", None):
+        point = calibrate_variables(ckpt, ckpt_path, args.calibrate_variables, grid, log_probs_of, args, reference)
+        if args.decision != "argmax":
+            return point
     if args.decision == "argmax":
         return None
-    if getattr(args, "calibrate_variables", None):
-        return calibrate_variables(ckpt, ckpt_path, args.calibrate_variables, grid, log_probs_of, args)
     if ckpt.get("operating_point"):
         return ckpt["operating_point"]
     if not training_file:
@@ -364,11 +379,12 @@ def calibration_rows(path, training_fingerprint) -> np.ndarray:
     return rows
 
 
-def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict:
+def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args, reference=None) -> dict:
     """The run's operating point with its lensing threshold re-chosen on the variables of `path`
     (the threshold at most variable_false_alarm of them exceed), saved in the checkpoint (the
     validation split's point kept beside it as operating_point_validation). The binary threshold
-    stays the validation split's."""
+    stays the validation split's. reference (a dict): filled with those variables' probabilities
+    and `other_seasons_seen`."""
     import torch
 
     from engine.checkpoint import save_checkpoint
@@ -381,7 +397,10 @@ def calibrate_variables(ckpt, ckpt_path, path, grid, log_probs_of, args) -> dict
         feats, _, _ = task_data.h5_features(path, grid, rows, progress=not args.no_progress)
     except (mlh5.SchemaError, task_data.DataError) as err:
         raise TaskError(str(err)) from None
-    scores = lensing_score(np.exp(log_probs_of(feats, "calibration")))
+    probs = np.exp(log_probs_of(feats, "calibration"))
+    scores = lensing_score(probs)
+    if reference is not None:
+        reference.update(probs=probs, other_seasons=other_seasons_seen(feats, grid))
     new = dict(point, lensed_threshold=_threshold(scores, point["variable_false_alarm"]), n_variable=int(len(rows)),
                chosen_by=f"variables of {os.path.abspath(path)}")
     n_val = int(point.get("n_variable", 0))

@@ -219,3 +219,9 @@ def test_files_with_other_seasons_are_told_from_one_season_files(tiny_h5):
     assert out["by_view"]["other seasons"]["at_false_alarm"]["lensing_recall"] == 1.0
     assert out["by_view"]["one season"]["at_false_alarm"]["lensing_recall"] == 0.0
     assert out["by_view"]["one season"]["n_variable"] == 100 and out["by_view"]["other seasons"]["n_lensed"] == 10
+    # with variables simulated apart (--calibrate-variables) the thresholds are theirs: here none
+    # of their one-season files looks like lensing, so the same events pass there too
+    ref = {"probs": np.tile([[0.9, 0.1, 0.0, 0.0]], (300, 1)), "other_seasons": np.arange(300) < 150}
+    out = variable_summary(y, probs, probs.argmax(1), params, other_seasons=view, reference=ref)
+    assert out["by_view"]["one season"]["at_false_alarm"]["lensing_recall"] == 1.0
+    assert out["by_view"]["one season"]["n_variable"] == 150 and out["at_false_alarm"]["n_variable"] == 300

@@ -331,6 +331,11 @@ def test_lensing_threshold_calibrated_on_more_variables(tmp_path, tiny_h5):
     point = ckpt["operating_point"]
     assert ckpt["operating_point_validation"] == before and point["n_variable"] == 40
     assert point["binary_threshold"] == before["binary_threshold"] and "variables.h5" in point["chosen_by"]
+    # the lensing recall at 1% of variables is quoted at the threshold those 40 set, not the test split's few
+    summary = json.load(open(run_dir / "eval_tiny" / "evaluation_summary.json"))
+    at = summary["variables"]["at_false_alarm"]
+    assert at["variables"] == "calibration file" and at["n_variable"] == 40
+    assert max(0.5, at["threshold"]) == pytest.approx(point["lensed_threshold"], abs=1e-6)  # (the op's floor is 0.5)
     if before["n_variable"] < 40:  # the spread a validation split's number of variables leaves, from these 40
         low, high = point["validation_size_range90"]
         assert 0.5 <= low <= high <= 1
