@@ -40,6 +40,7 @@ import sys
 
 import torch
 
+from data.residual_maps import psf_fwhm_arg
 from engine.checkpoint import CheckpointError, write_csv
 from engine.cli import OneLineErrorParser
 from engine.inference import load_run
@@ -77,6 +78,11 @@ def get_args_parser():
                    help="superres: folder of the super-resolved images (default: <output without .csv>_sr)")
     p.add_argument("--image-format", choices=("same", "npy", "fits"), default="same",
                    help="superres: file type of the images (same: FITS for FITS inputs, with the WCS scaled; else .npy)")
+    p.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
+                   help="substructure runs trained on residual maps (--input-kind residual): the input images' "
+                        "Gaussian PSF FWHM in arcsec, or 'scan' (default): measured on them")
+    p.add_argument("--fit-cache", default=None, help="substructure runs trained on residual maps: the store of "
+                   "fitted maps (default $LENSING_FIT_CACHE or ~/.cache/lensing/fits)")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true", help="report unusable files and go on instead of stopping")
     p.add_argument("--no-progress", action="store_true")

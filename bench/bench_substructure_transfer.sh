@@ -13,13 +13,19 @@
 #    --adapt-grl 0.1, train.py's default: the reversal capped at 0.1; 1 collapsed the classifier);
 # 3. each run evaluated on the other configuration's test set; one table (evaluate.py --compare of
 #    the evaluation folders); the public samples predicted by the source-only, randomised and
-#    adapted runs, side by side with their smooth-lens residuals (evaluate.py --residuals).
-# Settings fixed before any run; nothing is tuned on a test set or on the public samples' labels.
+#    adapted runs, side by side with their smooth-lens residuals (evaluate.py --residuals);
+# 4. (RESIDUAL=1, the default) the same ResNet18 shown smooth-lens residual maps (--input-kind
+#    residual): on model1 through its PSF 0.087", on common through 0.2"; each test set fitted
+#    through its own generator's PSF (the PSF belongs to the data), the public samples through the
+#    PSF measured on them (--psf-fwhm scan); own test split, the other configuration's test set and
+#    the public samples. The fits (~1 s per image on 2 cores) are kept in $OUT/fits.
+# ADAPTED=0 leaves out the adapted rows. Settings fixed before any run; nothing is tuned on a test
+# set or on the public samples' labels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 if [[ ${TINY:-0} == 1 ]]; then
-    : "${N:=6}" "${NT:=6}" "${EPOCHS:=1}" "${WORKERS:=1}" "${TTA:=1}"
+    : "${N:=6}" "${NT:=6}" "${EPOCHS:=1}" "${WORKERS:=1}" "${TTA:=1}" "${RESIDUAL:=0}"  # the fits: tests/test_residual_maps.py
 fi
 WORKERS=${WORKERS:-2}
 TTA=${TTA:-8}
@@ -27,6 +33,8 @@ OUT=${OUT:-outputs/substructure_transfer}
 N=${N:-1000}     # training images per class
 NT=${NT:-300}    # adaptation-pool and test images per class
 EPOCHS=${EPOCHS:-6}
+ADAPTED=${ADAPTED:-1}
+RESIDUAL=${RESIDUAL:-1}
 read -r -a ADAPT <<< "${ADAPT_ARGS:---adapt-grl 0.1}"  # the adapted runs' settings (fixed before any run)
 SAMPLES=${SAMPLES:-../shared/samples/deeplense_substructure}
 COMMON=(--task substructure --model resnet18 --epochs "$EPOCHS" --batch-size 32 --lr 1e-3 --output "$OUT/results"
@@ -39,8 +47,10 @@ sim() {  # config, images per class, seed, folder
 sim deeplense-model1 "$N" 21 model1
 sim deeplense-common "$N" 22 common
 sim deeplense-broad "$N" 23 broad
-sim deeplense-model1 "$NT" 31 model1_pool
-sim deeplense-common "$NT" 32 common_pool
+if [[ $ADAPTED == 1 ]]; then
+    sim deeplense-model1 "$NT" 31 model1_pool
+    sim deeplense-common "$NT" 32 common_pool
+fi
 sim deeplense-model1 "$NT" 41 model1_test
 sim deeplense-common "$NT" 42 common_test
 train() {  # name, args...
@@ -51,21 +61,48 @@ train() {  # name, args...
 train m1_source --data "$OUT/model1"
 train common_source --data "$OUT/common"
 train broad --data "$OUT/broad"
-train m1_adapt_common --data "$OUT/model1" --adapt-data "$OUT/common_pool" "${ADAPT[@]}"
-train common_adapt_m1 --data "$OUT/common" --adapt-data "$OUT/model1_pool" "${ADAPT[@]}"
+if [[ $ADAPTED == 1 ]]; then
+    train m1_adapt_common --data "$OUT/model1" --adapt-data "$OUT/common_pool" "${ADAPT[@]}"
+    train common_adapt_m1 --data "$OUT/common" --adapt-data "$OUT/model1_pool" "${ADAPT[@]}"
+fi
 evals=()
-evaluate() {  # run, test set
-    $PY evaluate.py --run "$OUT/results/$1" --data "$OUT/$2" --tta "$TTA" --no-progress --out-dir "$OUT/eval/$1_on_$2"
-    evals+=("$OUT/eval/$1_on_$2")
+evaluate() {  # run, test set, evaluate.py options...
+    local run=$1 data=$2; shift 2
+    $PY evaluate.py --run "$OUT/results/$run" --data "$OUT/$data" --tta "$TTA" --no-progress \
+        --out-dir "$OUT/eval/${run}_on_$data" "$@"
+    evals+=("$OUT/eval/${run}_on_$data")
 }
 evaluate m1_source common_test
 evaluate broad common_test
-evaluate m1_adapt_common common_test
 evaluate common_source model1_test
 evaluate broad model1_test
-evaluate common_adapt_m1 model1_test
+if [[ $ADAPTED == 1 ]]; then
+    evaluate m1_adapt_common common_test
+    evaluate common_adapt_m1 model1_test
+fi
+if [[ $RESIDUAL == 1 ]]; then
+    FIT=(--fit-cache "$OUT/fits")
+    train m1_residual --data "$OUT/model1" --input-kind residual --psf-fwhm 0.087 "${FIT[@]}"
+    train common_residual --data "$OUT/common" --input-kind residual --psf-fwhm 0.2 "${FIT[@]}"
+    for run in m1_residual common_residual; do  # the own test split: through the run's PSF
+        $PY evaluate.py --run "$OUT/results/$run" --tta "$TTA" --no-progress "${FIT[@]}" --out-dir "$OUT/eval/${run}_own"
+        evals+=("$OUT/eval/${run}_own")
+    done
+    evaluate m1_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
+    evaluate m1_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
+    evaluate common_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
+    evaluate common_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
+fi
 $PY evaluate.py --compare "${evals[@]}" --out-dir "$OUT"
-if [[ -d $SAMPLES ]]; then
+if [[ -d $SAMPLES && $RESIDUAL == 1 ]]; then  # through the PSF measured on the 9 images
+    for run in m1_residual common_residual; do
+        $PY predict.py --runs "$OUT/results/$run" --input "$SAMPLES" --output "$OUT/public_samples_$run.csv" \
+            --tta "$TTA" --no-progress "${FIT[@]}"
+        $PY evaluate.py --run "$OUT/results/$run" --data "$SAMPLES" --tta "$TTA" --no-progress "${FIT[@]}" \
+            --out-dir "$OUT/eval/${run}_on_public"
+    done
+fi
+if [[ -d $SAMPLES && $ADAPTED == 1 ]]; then
     train common_adapt_public --data "$OUT/common" --adapt-data "$SAMPLES" "${ADAPT[@]}"
     for run in common_source broad common_adapt_public; do
         $PY predict.py --runs "$OUT/results/$run" --input "$SAMPLES" --output "$OUT/public_samples_$run.csv" \

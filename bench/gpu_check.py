@@ -8,7 +8,8 @@ predict.py throughputs; one JSON and one Markdown table in --out.
    HDF5 / .npy writing included): microlensing (baseline preset, CPU: VBBinaryLensing, every core),
    lsst lens cutouts, deeplense-model1 substructure images and superres pairs (ray shooting on --device);
 2. simulator render throughput without writing: scenes sampled and rendered in batches of 256 on
-   --device, deeplense-model1 (150x150) and lsst (grizy 41x41, 3x3 supersampling);
+   --device, deeplense-model1 (150x150) and lsst (grizy 41x41, 3x3 supersampling); the smooth-lens
+   fit of --input-kind residual on one batch of 256 deeplense-common images (all its steps and starts);
 3. train.py on each set in bf16 (a few hundred optimizer steps each; microlensing on the basic
    feature channels, so the CPU's single-lens fits do not set the pace): samples/s of the last epoch
    (the first one includes warm-up) and the run's peak GPU memory (metrics.jsonl);
@@ -44,10 +45,10 @@ from bench import bench_lens  # noqa: E402
 # and render sizes: FULL for a GPU, TINY for a smoke run
 FULL = dict(n_events=2000, n_lens=3000, n_sub=700, n_sr=1500, epochs={"microlensing": 4, "lens": 8, "substructure": 10,
                                                                        "mae": 10, "superres": 3},
-            predict_n=8000, predict_batch=512, render_batch=256, render_batches=8, seconds=5.0)
+            predict_n=8000, predict_batch=512, render_batch=256, render_batches=8, seconds=5.0, fit_batch=256)
 TINY = dict(n_events=6, n_lens=8, n_sub=3, n_sr=6, epochs={"microlensing": 1, "lens": 1, "substructure": 1, "mae": 1,
                                                            "superres": 1},
-            predict_n=4, predict_batch=4, render_batch=2, render_batches=1, seconds=0.2)
+            predict_n=4, predict_batch=4, render_batch=2, render_batches=1, seconds=0.2, fit_batch=2)
 TINY_MODELS = {"microlensing": ["--d-model", "16", "--n-layers", "1"], "lens": ["--model", "resnet18"],
                "substructure": ["--model", "resnet18"],
                "mae": ["--embed-dim", "32", "--depth", "1", "--num-heads", "2", "--decoder-embed-dim", "16",
@@ -124,6 +125,22 @@ def render_throughput(device, batch, n_batches):
         rates[f"render {name} ({cfg.size}x{cfg.size}, batch {batch}, {device}), images/s"] = \
             batch * n_batches / (time.perf_counter() - start)
     return rates
+
+
+def fit_throughput(device, batch):
+    """Images/s of the smooth-lens fit behind --input-kind residual (physics.strong.fit.fit_smooth,
+    its full steps and starts) on deeplense-common images."""
+    from physics.strong import fit, render, scenes
+    cfg = scenes.CONFIGS["deeplense-common"]
+    scene, params = scenes.sample(cfg, torch.arange(batch) % 3, torch.Generator().manual_seed(0))
+    images = render.Renderer(cfg, dtype=torch.float64).render(scene, params, torch.Generator().manual_seed(1))
+    images = images["images"][:, 0].to(device)
+    start = time.perf_counter()
+    fit.fit_smooth(images, cfg.pixel_scale, 0.2)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return {f"smooth-lens fit ({cfg.size}x{cfg.size}, batch {batch}, {device}), images/s":
+            batch / (time.perf_counter() - start)}
 
 
 def train_all(sets, work, args, size, log):
@@ -210,6 +227,7 @@ def main(args):
         sets, throughput = simulate_sets(work, args.device, size, log,
                                          1 if args.tiny else max(1, min(16, os.cpu_count() or 1)))
         throughput.update(render_throughput(args.device, size["render_batch"], size["render_batches"]))
+        throughput.update(fit_throughput(args.device, size["fit_batch"]))
         print("training each task", flush=True)
         training = train_all(sets, work, args, size, log)
         print("predict throughput", flush=True)

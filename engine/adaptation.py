@@ -61,10 +61,14 @@ def load_target(args, info, data) -> TrainData:
     from tasks.mae import data_sources
     sources = [s for path in args.adapt_data for s in data_sources(path)]
     target = images.ingest(sources, args, info, f"{args.task}-target", None)
-    shape, want = tuple(target.arrays["images"].shape[1:]), tuple(data.arrays["images"].shape[1:])
+    shape = tuple(target.arrays["images"].shape[1:])
+    want = tuple(data.meta["input"]["image_shape"]) if "input" in data.meta else tuple(data.arrays["images"].shape[1:])
     if shape != want:
         target.remove()
         raise TaskError(f"--adapt-data {args.adapt_data[0]}: images of shape {shape}, the training images are {want}")
+    if "input" in data.meta:  # residual maps: the target is shown as the training images are, through its own PSF
+        from tasks.substructure import residual_input
+        target = residual_input(target, args, info, f"--adapt-data {args.adapt_data[0]}", "scan")
     shared = set(np.asarray(target.arrays["files"]).tolist()) & set(np.asarray(data.arrays["files"]).tolist())
     if shared:
         target.remove()

@@ -9,12 +9,16 @@ of the 8 symmetries of the square. Models: any timm backbone (3 outputs), or `le
 (models/lens_pinn.py: a smooth lens model fitted per image, the source reconstructed through the
 lens equation, the classifier shown both). Loss: cross-entropy weighted by inverse class
 frequency; optionally (lens_pinn on simulated data) an auxiliary loss on the true lens
-parameters, reported separately. The best checkpoint is chosen on validation macro AUC
+parameters, reported separately. With `--input-kind residual` a timm backbone is shown each image's
+smooth-lens residual map instead of the image (data/residual_maps.py: (image - SIE + shear +
+Sersic fit) / noise, the perturbation the classes are defined by), fitted once per image and kept
+in a store; evaluation and prediction fit their images the same way, through the PSF of their
+own data. The best checkpoint is chosen on validation macro AUC
 (one-vs-rest); the test split is never used for selection.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 
 import numpy as np
@@ -23,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data import augment, lens_data
+from data.residual_maps import PSF_SCAN_IMAGES, psf_fwhm_arg
 from engine.checkpoint import write_csv
 from engine.inference import inference_precision
 from models import create_model
@@ -37,7 +42,8 @@ DEFAULTS = dict(epochs=20, batch_size=64, lr=1e-4, weight_decay=1e-2, warmup_epo
                 val_fraction=0.2, test_fraction=0.1, dropout=0.0)
 IDENTITY_KEYS = ("task", "model", "input_size", "norm", "data_key", "seed", "val_fraction", "test_fraction",
                  "pinn_encoder", "pinn_classifier", "residual_field", "init_from", "linear_probe", "label_fraction",
-                 "adapt_data")
+                 "adapt_data", "input_kind", "psf_fwhm", "pixel_scale")
+IDENTITY_DEFAULTS = {"input_kind": "image", "psf_fwhm": "scan", "pixel_scale": 0.05}  # runs made before these options
 PINN = "lens_pinn"
 PIXEL_SCALE = 0.05  # arcsec per pixel of the DeepLense / Model I images
 # the simulator's params columns of the PINN's smooth lens (models/lens_pinn.LENS_PARAM_NAMES)
@@ -60,6 +66,18 @@ def add_train_args(parser):
     g.add_argument("--lens-param-weight", type=float, default=0.0,
                    help="lens_pinn: weight of the auxiliary loss on the simulator's true lens parameters "
                         "(needs data with params; 0: off)")
+    g.add_argument("--input-kind", choices=("image", "residual"), default="image",
+                   help="what the network is shown: the image, or its smooth-lens residual map ((image - SIE + "
+                        "shear + Sersic fit) / noise on the central +-2.6\", data/residual_maps.py; ~1 s per image "
+                        "per CPU core, once: the maps are kept in --fit-cache)")
+    g.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
+                   help="--input-kind residual: the training images' Gaussian PSF FWHM in arcsec, or 'scan' "
+                        f"(default): measured on {PSF_SCAN_IMAGES} of them. An --adapt-data target is always "
+                        "scanned (the PSF belongs to the data)")
+    g.add_argument("--pixel-scale", type=float, default=PIXEL_SCALE, help="--input-kind residual: arcsec per pixel")
+    g.add_argument("--fit-cache", default=None,
+                   help="--input-kind residual: the store of fitted maps (default $LENSING_FIT_CACHE or "
+                        "~/.cache/lensing/fits; on a cluster, a shared scratch folder)")
 
 
 def _sources(args):
@@ -88,6 +106,14 @@ def check_train_args(args):
     else:
         if args.lens_param_weight:
             raise TaskError("--lens-param-weight applies to --model lens_pinn only")
+    if args.input_kind == "residual":
+        if args.model == PINN:
+            raise TaskError("--input-kind residual: lens_pinn fits its own lens to the image; use a timm backbone")
+        if args.init_from:
+            raise TaskError("--input-kind residual: an MAE encoder (--init-from) was pretrained on images, not on "
+                            "residual maps")
+        if not 0 < args.pixel_scale < 10:
+            raise TaskError(f"--pixel-scale {args.pixel_scale}: expected arcsec per pixel in (0, 10)")
     if args.bands:
         raise TaskError("--bands: substructure images have one band")
     args.bands = None
@@ -96,7 +122,8 @@ def check_train_args(args):
 def default_name(args) -> str:
     stem = os.path.splitext(os.path.basename(os.path.normpath(args.data)))[0]
     model = f"{PINN}_{args.pinn_encoder}" if args.model == PINN else args.model
-    return f"substructure_{model}_{stem}{finetune.name_suffix(args)}_s{args.seed}"
+    kind = "_residual" if args.input_kind == "residual" else ""
+    return f"substructure_{model}{kind}_{stem}{finetune.name_suffix(args)}_s{args.seed}"
 
 
 def data_identity(args) -> dict:
@@ -106,6 +133,8 @@ def data_identity(args) -> dict:
 
 def load_train_data(args, info) -> TrainData:
     data = images.ingest(_sources(args), args, info, TASK, CLASS_NAMES)
+    if args.input_kind == "residual":
+        data = residual_input(data, args, info, args.data, args.psf_fwhm)
     if args.model == PINN and args.lens_param_weight > 0:
         columns = [data.arrays.get(f"params_{name}") for name in LENS_PARAM_COLUMNS]
         if columns[0] is None:
@@ -125,7 +154,51 @@ param_groups = finetune.param_groups
 def fit_stats(data, split, args, info):
     # lens_pinn sees the image at its own size (its lens equation is on that pixel grid)
     backbone = "resnet18" if args.model == PINN else args.model
-    return images.fit_stats(data, args, backbone) | {"pixel_scale": PIXEL_SCALE}
+    stats = images.fit_stats(data, args, backbone) | {"pixel_scale": PIXEL_SCALE}
+    if "input" in data.meta:  # the residual maps' fit, repeated on the images of evaluate and predict
+        stats["input"] = data.meta["input"]
+    return stats
+
+
+def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
+    """`data` (a TrainData of images) with its images replaced by their smooth-lens residual maps:
+    the fits shared out over the ranks and kept in the store, the maps packed into a new node cache
+    and the images' cache removed. `psf_fwhm`: arcsec, or 'scan' (measured on these images)."""
+    from data import residual_maps
+    from data.cache import SharedArrays, cache_key
+    pixels = data.arrays["images"]
+    try:
+        psf = residual_maps.scan_psf(pixels, args.pixel_scale, args.fit_cache, info, info.device) \
+            if psf_fwhm == "scan" else float(psf_fwhm)
+        keys = residual_maps.fit_missing(pixels, args.pixel_scale, psf, args.fit_cache, info, info.device,
+                                         not args.no_progress)
+    except residual_maps.ResidualMapError as err:
+        data.remove()
+        raise TaskError(f"{what}: {err}") from None
+    store = residual_maps.FitStore(args.fit_cache or residual_maps.default_cache_dir(), args.pixel_scale, psf)
+    missing = len(set(keys.tolist()) - set(store.index()))
+    if missing:  # another node's parts are not here
+        data.remove()
+        raise TaskError(f"{store.dir}: {missing} of the fitted maps are missing after every rank's fits; under "
+                        "torchrun on several nodes --fit-cache must be a folder every node sees")
+    names = [name for name in data.arrays.arrays if name != "images"]
+
+    def build():
+        return {name: np.asarray(data.arrays[name]) for name in names} | {"images": store.read(keys)}
+
+    maps = SharedArrays(cache_key(None, {"residual": store.config}, identity=data.meta["data_key"] + what),
+                        build, info, args.cache_dir)
+    image_shape = tuple(pixels.shape[1:])
+    del pixels
+    data.remove()
+    data.arrays = maps
+    data.meta["shape"] = tuple(maps["images"].shape[1:])
+    data.meta["input"] = {"kind": "residual", "psf_fwhm": psf, "pixel_scale": args.pixel_scale,
+                          "image_shape": list(image_shape)}
+    if info.is_main:
+        print(f"{what}: residual maps {'x'.join(map(str, data.meta['shape']))} (PSF {psf:.3f}\", "
+              f"{args.pixel_scale}\"/pixel, store {store.dir})", flush=True)
+    return data
 
 
 def make_fetch(data, stats, args, device, train: bool):
@@ -196,11 +269,43 @@ def checkpoint_extras(data, stats, args) -> dict:
 
 
 # --------------------------------------------------------------------------- scoring (predict, evaluate)
-def ensemble_probs(runs, pixels, args, progress=True):
-    """(probabilities (N, 3) = softmax of the mean member logits, std of the members' probabilities (N, 3))."""
+def ensemble_probs(runs, pixels, args, progress=True, own_split=False):
+    """(probabilities (N, 3) = softmax of the mean member logits, std of the members' probabilities (N, 3)).
+    Each member is shown what it was trained on: the images, or their residual maps (fitted once per
+    distinct fit among the members)."""
     from scipy.special import softmax
-    members = images.member_outputs(runs, pixels, args, "logits", progress)  # (M, N, 3), TTA-averaged logits
+    groups = {}  # members sharing an input
+    for m, (ckpt, _, _) in enumerate(runs):
+        groups.setdefault(json.dumps(ckpt["stats"].get("input"), sort_keys=True), []).append(m)
+    members = [None] * len(runs)
+    for key, which in groups.items():
+        spec = json.loads(key)
+        shown = pixels if spec is None else residual_pixels(pixels, spec, args, runs[which[0]][2], own_split, progress)
+        outputs = images.member_outputs([runs[m] for m in which], shown, args, "logits", progress)
+        for m, out in zip(which, outputs):
+            members[m] = out
+    members = np.stack(members)  # (M, N, 3), TTA-averaged logits
     return softmax(members.mean(0), axis=-1), softmax(members, axis=-1).std(0)
+
+
+def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress) -> np.ndarray:
+    """The residual maps a residual-input run (its stats' `input`) is shown of `pixels` (N, 1, H, W):
+    fitted through the run's PSF on its own test split, else through --psf-fwhm (default: measured
+    on these images: the PSF belongs to the data, not to the model)."""
+    from data import residual_maps
+    if tuple(pixels.shape[1:]) != tuple(spec["image_shape"]):
+        raise TaskError(f"{ckpt_path}: trained on the residual maps of {'x'.join(map(str, spec['image_shape']))} "
+                        f"images; these are {'x'.join(map(str, pixels.shape[1:]))}")
+    psf = spec["psf_fwhm"] if own_split else getattr(args, "psf_fwhm", "scan")
+    cache = getattr(args, "fit_cache", None)
+    try:
+        if psf == "scan":
+            psf = residual_maps.scan_psf(pixels, spec["pixel_scale"], cache, device=args.device)
+            print(f"residual maps: PSF FWHM {psf:.3f}\" measured on these images (--psf-fwhm sets it; the run was "
+                  f"trained through {spec['psf_fwhm']:.3f}\")", flush=True)
+        return residual_maps.residual_maps(pixels, spec["pixel_scale"], psf, cache, args.device, progress)
+    except residual_maps.ResidualMapError as err:
+        raise TaskError(str(err)) from None
 
 
 def predict(runs, args):
@@ -226,26 +331,13 @@ def add_evaluate_args(parser):
                         "noise: residuals.csv")
     g.add_argument("--pixel-scale", type=float, default=0.05, help="--residuals: arcsec per pixel")
     g.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
-                   help="--residuals: the Gaussian PSF's FWHM in arcsec, or 'scan' (default): the median over up to "
+                   help="--residuals, and runs trained with --input-kind residual on --data: the data's Gaussian "
+                        "PSF FWHM in arcsec, or 'scan' (default): the median over up to "
                         f"{PSF_SCAN_IMAGES} images of the FWHM whose fit leaves the least chi^2 (physics.strong.fit."
                         "psf_scan; 7 more fits of those images). deeplense-model1 0.087, deeplense-common and the "
                         "public Common Test I samples 0.2")
-
-
-PSF_SCAN_IMAGES = 32  # images `--psf-fwhm scan` fits at each FWHM
-
-
-def psf_fwhm_arg(text):
-    """An argparse type for a PSF FWHM: 'scan' or a number of arcsec in (0, 10)."""
-    if text == "scan":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 10:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"expected 'scan' or a FWHM in arcsec (0-10), got {text!r}")
-    return value
+    g.add_argument("--fit-cache", default=None, help="runs trained with --input-kind residual: the store of fitted "
+                   "maps (default $LENSING_FIT_CACHE or ~/.cache/lensing/fits)")
 
 
 def evaluate(ckpt, model, ckpt_path, args) -> dict:
@@ -261,7 +353,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}, {name}) on {what}: {len(y)} images ("
           + ", ".join(f"{(y == c).sum()} {n}" for c, n in enumerate(CLASS_NAMES)) + f"); TTA x{args.tta}, "
           f"{inference_precision(args.amp, args.device)}", flush=True)
-    probs = ensemble_probs([(ckpt, model, ckpt_path)], pixels, args, not args.no_progress)[0]
+    probs = ensemble_probs([(ckpt, model, ckpt_path)], pixels, args, not args.no_progress, own_split=not args.data)[0]
     pred = probs.argmax(1)
     P = lambda fname: os.path.join(out_dir, fname)  # noqa: E731
     colors = mc.palette(args.colorblind_safe)
@@ -313,12 +405,11 @@ def residual_report(pixels, y, pred, ids, csv_path, args) -> dict:
         raise TaskError(f"--residuals fits square images; these are {pixels.shape[-2]}x{pixels.shape[-1]}")
     pixels = np.asarray(pixels, np.float64)
     psf_fwhm = args.psf_fwhm
-    if psf_fwhm == "scan":
-        # images spread over the set (it may be ordered by class), the same ones every run
-        pick = np.unique(np.linspace(0, len(pixels) - 1, min(PSF_SCAN_IMAGES, len(pixels))).round().astype(int))
-        psf_fwhm = float(np.median(fit.psf_scan(pixels[pick], args.pixel_scale)["fwhm"]))
-        print(f"smooth-lens residuals: PSF FWHM {psf_fwhm:.3f}\" (median of the best fits of {len(pick)} images; "
-              "--psf-fwhm sets it)")
+    if psf_fwhm == "scan":  # images spread over the set (it may be ordered by class), the same ones every run
+        from data import residual_maps
+        psf_fwhm = residual_maps.scan_psf(pixels[:, None], args.pixel_scale, args.fit_cache, device=args.device)
+        print(f"smooth-lens residuals: PSF FWHM {psf_fwhm:.3f}\" (median of the best fits of "
+              f"{min(PSF_SCAN_IMAGES, len(pixels))} images; --psf-fwhm sets it)")
     stats = fit.measure_images(pixels, args.pixel_scale, psf_fwhm, progress=not args.no_progress)
     columns = ("chi2_dof", "ring_excess", "ring_excess_error", "max_residual_sigma", "max_residual_radius")
     write_csv(csv_path, ["id", "label", "pred", "detectable"] + list(columns),

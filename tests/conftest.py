@@ -11,6 +11,9 @@ FRESH = os.environ.get("LENSING_TEST_FRESH", "") not in ("", "0")
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     # `make test` runs two pytest workers on two cores: one thread per process, no oversubscription
     os.environ["OMP_NUM_THREADS"] = "1"
+if "LENSING_FIT_CACHE" not in os.environ:  # smooth-lens fits of test images never land in the user's cache
+    import tempfile
+    os.environ["LENSING_FIT_CACHE"] = tempfile.mkdtemp(prefix="lensing_test_fits_")
 _launcher = []
 
 

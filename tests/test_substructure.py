@@ -337,7 +337,8 @@ def test_residual_report_scans_for_the_psf(tmp_path, monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     task.add_evaluate_args(parser)
     args = parser.parse_args(["--residuals"])
-    args.no_progress = True  # evaluate.py's own option
+    args.no_progress, args.device = True, "cpu"  # evaluate.py's own options
+    args.fit_cache = str(tmp_path / "fits")  # where the scanned PSF is kept
     assert args.psf_fwhm == "scan"
     out = task.residual_report(pixels, np.zeros(3, int), np.zeros(3, int), ["a", "b", "c"], str(tmp_path / "r.csv"),
                                args)
