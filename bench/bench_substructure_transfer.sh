@@ -19,6 +19,7 @@
 #    through its own generator's PSF (the PSF belongs to the data), the public samples through the
 #    PSF measured on them (--psf-fwhm scan); own test split, the other configuration's test set and
 #    the public samples. The fits (~1 s per image on 2 cores) are kept in $OUT/fits.
+#    With ADAPTED=1 also adapted on residual maps (each pool fitted through the PSF measured on it).
 # ADAPTED=0 leaves out the adapted rows. Settings fixed before any run; nothing is tuned on a test
 # set or on the public samples' labels.
 set -euo pipefail
@@ -92,6 +93,14 @@ if [[ $RESIDUAL == 1 ]]; then
     evaluate m1_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
     evaluate common_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
     evaluate common_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
+    if [[ $ADAPTED == 1 ]]; then  # the pools are fitted through the PSF measured on them
+        train m1_residual_adapt_common --data "$OUT/model1" --input-kind residual --psf-fwhm 0.087 "${FIT[@]}" \
+            --adapt-data "$OUT/common_pool" "${ADAPT[@]}"
+        train common_residual_adapt_m1 --data "$OUT/common" --input-kind residual --psf-fwhm 0.2 "${FIT[@]}" \
+            --adapt-data "$OUT/model1_pool" "${ADAPT[@]}"
+        evaluate m1_residual_adapt_common common_test --psf-fwhm 0.2 "${FIT[@]}"
+        evaluate common_residual_adapt_m1 model1_test --psf-fwhm 0.087 "${FIT[@]}"
+    fi
 fi
 $PY evaluate.py --compare "${evals[@]}" --out-dir "$OUT"
 if [[ -d $SAMPLES && $RESIDUAL == 1 ]]; then  # through the PSF measured on the 9 images
@@ -101,6 +110,12 @@ if [[ -d $SAMPLES && $RESIDUAL == 1 ]]; then  # through the PSF measured on the 
         $PY evaluate.py --run "$OUT/results/$run" --data "$SAMPLES" --tta "$TTA" --no-progress "${FIT[@]}" \
             --out-dir "$OUT/eval/${run}_on_public"
     done
+    if [[ $ADAPTED == 1 ]]; then  # adapted with the 9 public images as the only target (tiny)
+        train common_residual_adapt_public --data "$OUT/common" --input-kind residual --psf-fwhm 0.2 "${FIT[@]}" \
+            --adapt-data "$SAMPLES" "${ADAPT[@]}"
+        $PY predict.py --runs "$OUT/results/common_residual_adapt_public" --input "$SAMPLES" --tta "$TTA" \
+            --output "$OUT/public_samples_common_residual_adapt_public.csv" --no-progress "${FIT[@]}"
+    fi
 fi
 if [[ -d $SAMPLES && $ADAPTED == 1 ]]; then
     train common_adapt_public --data "$OUT/common" --adapt-data "$SAMPLES" "${ADAPT[@]}"

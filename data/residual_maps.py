@@ -147,6 +147,7 @@ def fit_missing(images, pixel_scale, psf_fwhm, cache_dir=None, info: DistInfo | 
     info = info or DistInfo()
     keys = image_keys(images) if keys is None else keys
     store = FitStore(cache_dir or default_cache_dir(), pixel_scale, psf_fwhm)
+    os.makedirs(store.dir, exist_ok=True)  # an unwritable store fails here, before any fit
     have = store.index()
     first = list({k: n for n, k in reversed(list(enumerate(keys)))}.values())[::-1]  # an image held twice: once
     # parts of the data's own order, each rank its share whatever the store holds when it looks (the

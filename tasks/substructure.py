@@ -172,7 +172,7 @@ def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
             if psf_fwhm == "scan" else float(psf_fwhm)
         keys = residual_maps.fit_missing(pixels, args.pixel_scale, psf, args.fit_cache, info, info.device,
                                          not args.no_progress)
-    except residual_maps.ResidualMapError as err:
+    except (residual_maps.ResidualMapError, OSError) as err:  # OSError: a fit store that cannot be written
         data.remove()
         raise TaskError(f"{what}: {err}") from None
     store = residual_maps.FitStore(args.fit_cache or residual_maps.default_cache_dir(), args.pixel_scale, psf)
@@ -304,7 +304,7 @@ def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress) -> np.nd
             print(f"residual maps: PSF FWHM {psf:.3f}\" measured on these images (--psf-fwhm sets it; the run was "
                   f"trained through {spec['psf_fwhm']:.3f}\")", flush=True)
         return residual_maps.residual_maps(pixels, spec["pixel_scale"], psf, cache, args.device, progress)
-    except residual_maps.ResidualMapError as err:
+    except (residual_maps.ResidualMapError, OSError) as err:
         raise TaskError(str(err)) from None
 
 

@@ -182,6 +182,12 @@ def test_adaptation_target_is_mapped_and_refusals_are_one_line(residual_run, tmp
     bad = common[:common.index("--data") + 1] + [str(tmp_path / "wide")] + common[common.index("--data") + 2:]
     r = run_script(*bad, "--experiment-name", "wide")
     assert f"{tmp_path / 'wide'}: the smooth-lens fit takes square images" in one_error_line(r, "train.py")
+    # a fit store that cannot be written (a file where its folder should be): one line
+    (tmp_path / "not_a_folder").write_text("")
+    unwritable = common[:common.index("--fit-cache") + 1] + [str(tmp_path / "not_a_folder" / "fits")] \
+        + common[common.index("--fit-cache") + 2:]
+    r = run_script(*unwritable, "--experiment-name", "unwritable")
+    assert "not_a_folder" in one_error_line(r, "train.py")
 
 
 def test_two_ranks_share_the_fits(tmp_path):
