@@ -149,7 +149,7 @@ def fit_missing(images, pixel_scale, psf_fwhm, cache_dir=None, info: DistInfo | 
     store = FitStore(cache_dir or default_cache_dir(), pixel_scale, psf_fwhm)
     os.makedirs(store.dir, exist_ok=True)  # an unwritable store fails here, before any fit
     have = store.index()
-    first = list({k: n for n, k in reversed(list(enumerate(keys)))}.values())[::-1]  # an image held twice: once
+    first = np.sort(np.unique(keys, return_index=True)[1]).tolist()  # an image held twice is fitted once
     # parts of the data's own order, each rank its share whatever the store holds when it looks (the
     # ranks read it at different times), so no image is left to nobody
     parts = [first[i:i + PART] for i in range(0, len(first), PART)]

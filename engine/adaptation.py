@@ -66,14 +66,14 @@ def load_target(args, info, data) -> TrainData:
     if shape != want:
         target.remove()
         raise TaskError(f"--adapt-data {args.adapt_data[0]}: images of shape {shape}, the training images are {want}")
-    if "input" in data.meta:  # residual maps: the target is shown as the training images are, through its own PSF
-        from tasks.substructure import residual_input
-        target = residual_input(target, args, info, f"--adapt-data {args.adapt_data[0]}", "scan")
     shared = set(np.asarray(target.arrays["files"]).tolist()) & set(np.asarray(data.arrays["files"]).tolist())
     if shared:
         target.remove()
         raise TaskError(f"--adapt-data {args.adapt_data[0]}: {len(shared)} of its files are training data too "
                         f"(e.g. {sorted(shared)[0]}); the target must be images the run does not train on")
+    if "input" in data.meta:  # residual maps: the target is shown as the training images are, through its own PSF
+        from tasks.substructure import residual_input
+        target = residual_input(target, args, info, f"--adapt-data {args.adapt_data[0]}", "scan")
     target.labels = np.full(len(target.labels), -1, np.int64)
     if info.is_main:
         print(f"adaptation target: {len(target.labels)} unlabelled images ({'x'.join(map(str, shape))}) from "
