@@ -176,7 +176,8 @@ def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
         data.remove()
         raise TaskError(f"{what}: {err}") from None
     store = residual_maps.FitStore(args.fit_cache or residual_maps.default_cache_dir(), args.pixel_scale, psf)
-    missing = len(set(keys.tolist()) - set(store.index()))
+    index = store.index()
+    missing = len(set(keys.tolist()) - set(index))
     if missing:  # another node's parts are not here
         data.remove()
         raise TaskError(f"{store.dir}: {missing} of the fitted maps are missing after every rank's fits; under "
@@ -184,7 +185,7 @@ def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
     names = [name for name in data.arrays.arrays if name != "images"]
 
     def build():
-        return {name: np.asarray(data.arrays[name]) for name in names} | {"images": store.read(keys)}
+        return {name: np.asarray(data.arrays[name]) for name in names} | {"images": store.read(keys, index)}
 
     maps = SharedArrays(cache_key(None, {"residual": store.config}, identity=data.meta["data_key"] + what),
                         build, info, args.cache_dir)
