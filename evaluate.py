@@ -170,6 +170,8 @@ def evaluate_run(args, run) -> str:
         raise EvaluateError(str(err)) from None
     if ckpt["task"] not in TASKS:
         raise EvaluateError(f"{ckpt_path}: a run of unknown task {ckpt['task']!r}")
+    if getattr(args, "align_shares", None) is not None:
+        get_task("substructure").check_align_arg(args.align_shares, ckpt["task"], ckpt_path)
     summary = get_task(ckpt["task"]).evaluate(ckpt, model, ckpt_path, args)
     out_dir = summary.pop("out_dir")
     with open(os.path.join(out_dir, "evaluation_summary.json"), "w") as f:

@@ -30,7 +30,8 @@ centred on its brightest point). Lens: logits averaged over test-time augmentati
 member, then over members; `id, pred` with pred = sigmoid(mean logit), plus `logit_std`, the
 spread of the members' logits, with `--extra-columns`. Substructure: logits averaged the same
 way, then softmax; `id, p_no, p_sphere, p_vort, class` (`--extra-columns`: the members' spread
-per class and the file). Superres: each LR image (a folder of them, an LR/ + HR/ root, or HDF5)
+per class and the file); `--align-shares 1,1,1` reweights the classes to the shares the images are
+known to hold (images from another generator). Superres: each LR image (a folder of them, an LR/ + HR/ root, or HDF5)
 super-resolved, averaged over members, written to --image-dir; `id, input, output, scale,
 height, width`. Runs offline.
 """
@@ -44,7 +45,7 @@ from data.residual_maps import psf_fwhm_arg
 from engine.checkpoint import CheckpointError, write_csv
 from engine.cli import OneLineErrorParser
 from engine.inference import load_run
-from tasks import TASKS, TaskError, get_task
+from tasks import TASKS, TaskError, get_task, substructure
 
 
 class PredictError(Exception):
@@ -83,6 +84,7 @@ def get_args_parser():
                         "Gaussian PSF FWHM in arcsec, or 'scan' (default): measured on them")
     p.add_argument("--fit-cache", default=None, help="substructure runs trained on residual maps: the store of "
                    "fitted maps (default $LENSING_FIT_CACHE or ~/.cache/lensing/fits)")
+    substructure.add_align_arg(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true", help="report unusable files and go on instead of stopping")
     p.add_argument("--no-progress", action="store_true")
@@ -108,6 +110,8 @@ def main(args):
         raise PredictError(f"{runs[0][2]}: a run of unknown task {tasks[0]!r}")
     if args.candidates and tasks[0] != "lens":
         raise PredictError(f"--candidates ranks lens candidates; these are {tasks[0]} runs")
+    if args.align_shares is not None:
+        substructure.check_align_arg(args.align_shares, tasks[0], runs[0][2])
     if (args.event or args.event_folders) and tasks[0] != "microlensing":
         raise PredictError(f"--event / --event-folders group light curves; these are {tasks[0]} runs")
     header, rows, n_skipped = get_task(tasks[0]).predict(runs, args)

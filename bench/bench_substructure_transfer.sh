@@ -20,6 +20,8 @@
 #    PSF measured on them (--psf-fwhm scan); own test split, the other configuration's test set and
 #    the public samples. The fits (~1 s per image on 2 cores) are kept in $OUT/fits.
 #    With ADAPTED=1 also adapted on residual maps (each pool fitted through the PSF measured on it).
+# 5. (ALIGN=1, the default) every run on the other configuration's test set also with --align-shares
+#    uniform (the probabilities aligned to the test set's known class shares: *_aligned rows).
 # ADAPTED=0 leaves out the adapted rows. Settings fixed before any run; nothing is tuned on a test
 # set or on the public samples' labels.
 set -euo pipefail
@@ -36,6 +38,7 @@ NT=${NT:-300}    # adaptation-pool and test images per class
 EPOCHS=${EPOCHS:-6}
 ADAPTED=${ADAPTED:-1}
 RESIDUAL=${RESIDUAL:-1}
+ALIGN=${ALIGN:-1}
 read -r -a ADAPT <<< "${ADAPT_ARGS:---adapt-grl 0.1}"  # the adapted runs' settings (fixed before any run)
 SAMPLES=${SAMPLES:-../shared/samples/deeplense_substructure}
 COMMON=(--task substructure --model resnet18 --epochs "$EPOCHS" --batch-size 32 --lr 1e-3 --output "$OUT/results"
@@ -73,13 +76,22 @@ evaluate() {  # run, test set, evaluate.py options...
         --out-dir "$OUT/eval/${run}_on_$data" "$@"
     evals+=("$OUT/eval/${run}_on_$data")
 }
-evaluate m1_source common_test
-evaluate broad common_test
-evaluate common_source model1_test
-evaluate broad model1_test
+across() {  # a run on the other configuration's test set; with ALIGN=1 also aligned to its known shares
+    evaluate "$@"
+    if [[ $ALIGN == 1 ]]; then  # the test sets hold NT images per class: 'uniform' is their truth
+        local run=$1 data=$2; shift 2
+        $PY evaluate.py --run "$OUT/results/$run" --data "$OUT/$data" --tta "$TTA" --no-progress \
+            --out-dir "$OUT/eval/${run}_on_${data}_aligned" --align-shares uniform "$@"
+        evals+=("$OUT/eval/${run}_on_${data}_aligned")
+    fi
+}
+across m1_source common_test
+across broad common_test
+across common_source model1_test
+across broad model1_test
 if [[ $ADAPTED == 1 ]]; then
-    evaluate m1_adapt_common common_test
-    evaluate common_adapt_m1 model1_test
+    across m1_adapt_common common_test
+    across common_adapt_m1 model1_test
 fi
 if [[ $RESIDUAL == 1 ]]; then
     FIT=(--fit-cache "$OUT/fits")
@@ -89,17 +101,17 @@ if [[ $RESIDUAL == 1 ]]; then
         $PY evaluate.py --run "$OUT/results/$run" --tta "$TTA" --no-progress "${FIT[@]}" --out-dir "$OUT/eval/${run}_own"
         evals+=("$OUT/eval/${run}_own")
     done
-    evaluate m1_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
+    across m1_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
     evaluate m1_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
-    evaluate common_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
+    across common_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
     evaluate common_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
     if [[ $ADAPTED == 1 ]]; then  # the pools are fitted through the PSF measured on them
         train m1_residual_adapt_common --data "$OUT/model1" --input-kind residual --psf-fwhm 0.087 "${FIT[@]}" \
             --adapt-data "$OUT/common_pool" "${ADAPT[@]}"
         train common_residual_adapt_m1 --data "$OUT/common" --input-kind residual --psf-fwhm 0.2 "${FIT[@]}" \
             --adapt-data "$OUT/model1_pool" "${ADAPT[@]}"
-        evaluate m1_residual_adapt_common common_test --psf-fwhm 0.2 "${FIT[@]}"
-        evaluate common_residual_adapt_m1 model1_test --psf-fwhm 0.087 "${FIT[@]}"
+        across m1_residual_adapt_common common_test --psf-fwhm 0.2 "${FIT[@]}"
+        across common_residual_adapt_m1 model1_test --psf-fwhm 0.087 "${FIT[@]}"
     fi
 fi
 $PY evaluate.py --compare "${evals[@]}" --out-dir "$OUT"

@@ -111,3 +111,45 @@ def predict_log_probs(model, features, stats: dict, batch_size: int = 256, devic
         x = torch.from_numpy(np.asarray(features[i:i + batch_size], dtype=np.float32)).to(device)
         out.append(model(normalize(x, stats))["log_probs"].double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def shares_arg(text):
+    """An argparse type for class shares: 'uniform', or non-negative numbers separated by commas
+    (normalised to sum 1; their count is checked against the run's classes where it is used)."""
+    import argparse
+    if text == "uniform":
+        return text
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) < 2 or not all(np.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 'uniform' or shares per class such as 1,1,1, got {text!r}")
+    return values
+
+
+def align_to_shares(probs, shares, iterations: int = 1000, tol: float = 1e-9):
+    """Distribution alignment (a label-shift correction, as in Saerens et al. 2002 with the target
+    shares given, or AdaMatch's alignment at inference): per-class weights w with p'_ic ∝ p_ic w_c
+    such that the mean of p' over the set equals `shares`. The ranking within each image's classes
+    may change; an image's most likely class is now judged against what the set is said to hold.
+
+    probs (N, K) probabilities; shares 'uniform' or K non-negative numbers (normalised).
+    Returns (aligned probabilities (N, K), weights (K,), normalised to sum 1)."""
+    probs = np.asarray(probs, np.float64)
+    k = probs.shape[1]
+    target = np.full(k, 1.0 / k) if shares == "uniform" else np.asarray(shares, np.float64)
+    if target.shape != (k,):
+        raise ValueError(f"{len(target)} class shares given for {k} classes")
+    target = target / target.sum()
+    weights = np.where(target > 0, 1.0, 0.0)
+    aligned = probs
+    for _ in range(iterations):
+        aligned = probs * weights
+        aligned /= np.maximum(aligned.sum(1, keepdims=True), 1e-300)
+        mean = aligned.mean(0)
+        if np.abs(mean - target).max() < tol:
+            break
+        weights = weights * np.where(target > 0, target / np.maximum(mean, 1e-300), 0.0)
+        weights /= weights.sum()
+    return aligned, weights / weights.sum()

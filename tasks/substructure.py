@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from data import augment, lens_data
 from data.residual_maps import PSF_SCAN_IMAGES, psf_fwhm_arg
 from engine.checkpoint import write_csv
-from engine.inference import inference_precision
+from engine.inference import align_to_shares, inference_precision, shares_arg
 from models import create_model
 from tasks import TaskError, TrainData, finetune, images
 
@@ -45,6 +45,7 @@ IDENTITY_KEYS = ("task", "model", "input_size", "norm", "data_key", "seed", "val
                  "adapt_data", "input_kind", "psf_fwhm", "pixel_scale")
 IDENTITY_DEFAULTS = {"input_kind": "image", "psf_fwhm": "scan", "pixel_scale": 0.05}  # runs made before these options
 PINN = "lens_pinn"
+ALIGN_FEW = 100  # --align-shares on fewer images: the set's shares are a rough estimate (said so)
 PIXEL_SCALE = 0.05  # arcsec per pixel of the DeepLense / Model I images
 # the simulator's params columns of the PINN's smooth lens (models/lens_pinn.LENS_PARAM_NAMES)
 LENS_PARAM_COLUMNS = ("theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "lens_x", "lens_y")
@@ -309,11 +310,30 @@ def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress) -> np.nd
         raise TaskError(str(err)) from None
 
 
+def align_shares(probs, args):
+    """(probabilities, None) as they are, or with --align-shares (probabilities aligned to the class
+    shares the images are said to hold, {shares, weights}): engine.inference.align_to_shares."""
+    shares = getattr(args, "align_shares", None)
+    if shares is None:
+        return probs, None
+    aligned, weights = align_to_shares(probs, shares)
+    target = aligned.mean(0)
+    before, after = (np.bincount(p.argmax(1), minlength=len(CLASS_NAMES)) for p in (probs, aligned))
+    print("--align-shares: probabilities aligned to the shares " + ", ".join(
+        f"{c} {t:.2f}" for c, t in zip(CLASS_NAMES, target)) + " (class weights " + ", ".join(
+        f"{w:.3g}" for w in weights) + "); calls before " + "/".join(map(str, before)) + ", after "
+        + "/".join(map(str, after)) + (f"; {len(probs)} images are few to align on" if len(probs) < ALIGN_FEW else ""),
+        flush=True)
+    return aligned, {"shares": [float(t) for t in target], "weights": [float(w) for w in weights],
+                     "calls_before": before.tolist(), "calls_after": after.tolist()}
+
+
 def predict(runs, args):
     """(header, rows, skipped): `id, p_no, p_sphere, p_vort, class` per image of the inputs."""
     arrays, report = images.load_paths(args.input, None, args, labelled=False,
                                        class_folders=lens_data.SUBSTRUCTURE_FOLDERS)
     probs, spread = ensemble_probs(runs, arrays["images"], args, not args.no_progress)
+    probs, _ = align_shares(probs, args)
     header = ["id"] + [f"p_{c}" for c in CLASS_NAMES] + ["class"]
     header += [f"std_{c}" for c in CLASS_NAMES] + ["file"] if args.extra_columns else []
     rows = [[i] + [f"{v:.6f}" for v in p] + [CLASS_NAMES[int(p.argmax())]]
@@ -339,6 +359,25 @@ def add_evaluate_args(parser):
                         "public Common Test I samples 0.2")
     g.add_argument("--fit-cache", default=None, help="runs trained with --input-kind residual: the store of fitted "
                    "maps (default $LENSING_FIT_CACHE or ~/.cache/lensing/fits)")
+    add_align_arg(g)
+
+
+def check_align_arg(shares, task, path):
+    """--align-shares given to a run of `task` (at `path`): one line where it cannot be used."""
+    if task != TASK:
+        raise TaskError(f"--align-shares aligns substructure probabilities; {path} is a {task} run")
+    if shares != "uniform" and len(shares) != len(CLASS_NAMES):
+        raise TaskError(f"--align-shares: {len(shares)} shares given for the {len(CLASS_NAMES)} classes "
+                        f"{', '.join(CLASS_NAMES)}")
+
+
+def add_align_arg(group):
+    group.add_argument("--align-shares", type=shares_arg, default=None, metavar="SHARES",
+                       help="substructure: the class shares no,sphere,vort the images hold ('uniform', or e.g. "
+                            "2,1,1): the probabilities are reweighted per class until their mean over the images "
+                            "equals them (distribution alignment; for images from another generator, whose "
+                            "probabilities shift between the classes). An assumption about the data: leave it out "
+                            "where the shares are unknown. evaluate.py also reports the unaligned figures")
 
 
 def evaluate(ckpt, model, ckpt_path, args) -> dict:
@@ -355,6 +394,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
           + ", ".join(f"{(y == c).sum()} {n}" for c, n in enumerate(CLASS_NAMES)) + f"); TTA x{args.tta}, "
           f"{inference_precision(args.amp, args.device)}", flush=True)
     probs = ensemble_probs([(ckpt, model, ckpt_path)], pixels, args, not args.no_progress, own_split=not args.data)[0]
+    raw, (probs, aligned) = probs, align_shares(probs, args)
     pred = probs.argmax(1)
     P = lambda fname: os.path.join(out_dir, fname)  # noqa: E731
     colors = mc.palette(args.colorblind_safe)
@@ -385,6 +425,12 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
             title="accuracy per bin (68% Wilson, images per bin)")
     write_csv(P("predictions.csv"), ["id", "label"] + [f"p_{c}" for c in CLASS_NAMES] + ["file"],
               [[i, CLASS_NAMES[t]] + [f"{v:.6f}" for v in p] + [f] for i, t, p, f in zip(ids, y, probs, files)])
+    if aligned is not None:  # what the run's own probabilities gave
+        present = np.unique(y)
+        from sklearn.metrics import roc_auc_score
+        aligned["unaligned"] = {"accuracy": float((raw.argmax(1) == y).mean()), "macro_auc": float(np.mean(
+            [roc_auc_score(y == c, raw[:, c]) for c in present])) if len(present) > 1 else float("nan")}
+        summary["aligned"] = aligned
     if args.residuals:
         summary["residuals"] = residual_report(pixels[:, 0], y, pred, ids, P("residuals.csv"), args)
     roc = summary["roc"]
@@ -392,7 +438,10 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     summary["headline"] = (f"macro AUC {roc['macro_auc']:.4f} [{lo:.3f}, {hi:.3f}] | "
                            + ", ".join(f"{c} {roc['auc'][c]:.4f}" for c in CLASS_NAMES)
                            + f" | accuracy {summary['accuracy']:.4f} | ECE {summary['calibration']['ece']:.3f} "
-                           f"({len(y)} images)")
+                           f"({len(y)} images)" + ("" if aligned is None else
+                                                   f" | aligned to --align-shares; unaligned: macro AUC "
+                                                   f"{aligned['unaligned']['macro_auc']:.4f}, accuracy "
+                                                   f"{aligned['unaligned']['accuracy']:.4f}"))
     summary["out_dir"] = out_dir
     return summary
 
@@ -432,6 +481,9 @@ def residual_report(pixels, y, pred, ids, csv_path, args) -> dict:
 def compare_columns(summary) -> dict:
     """What evaluate.py --compare shows of a run's evaluation."""
     roc = summary["roc"]
+    aligned = summary.get("aligned")
     return {"n_images": summary["n_images"], "macro_auc": roc["macro_auc"],
             **{f"auc_{c}": roc["auc"][c] for c in CLASS_NAMES}, "accuracy": summary["accuracy"],
-            "ece": summary["calibration"]["ece"]}
+            "ece": summary["calibration"]["ece"],
+            "aligned_to": "/".join(f"{t:.2f}" for t in aligned["shares"]) if aligned else "",
+            "accuracy_unaligned": aligned["unaligned"]["accuracy"] if aligned else summary["accuracy"]}

@@ -106,6 +106,9 @@ def test_quality_script_tiny(name, tmp_path, venv, photometry_dir):
     assert tables and all("|" in t.read_text() for t in tables)
     if name in samples:  # the recipe's last step ran on the (stand-in) real samples
         assert list(out.glob("*samples*.csv")), sorted(p.name for p in out.iterdir())
+    if name == "bench_substructure_transfer.sh":  # each run across generators also aligned to the known shares
+        table = (out / "comparison.md").read_text()
+        assert "m1_source_on_common_test_aligned" in table and "| 0.33/0.33/0.33 |" in table
     if name == "bench_lens_quality.sh":  # the transfer step: lenses painted into the samples' non-lenses
         assert (out / "painted" / "hosts.csv").exists() and (out / "painted_samples.csv").exists()
 

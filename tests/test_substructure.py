@@ -349,3 +349,63 @@ def test_residual_report_scans_for_the_psf(tmp_path, monkeypatch, capsys):
     for bad in ("0", "-0.1", "wide", "nan", "inf"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--psf-fwhm", bad])
+
+
+# --------------------------------------------------------------------------- --align-shares
+def test_alignment_recovers_a_label_shift():
+    """Posteriors of a calibrated model trained on balanced classes, applied to a set holding the
+    classes 60/20/20: aligned to those shares, the class weights come out ~ the shares (Bayes' rule
+    under the new prior), and the calls gain over the unaligned ones. Aligning balanced posteriors to
+    'uniform' changes nothing."""
+    from engine.inference import align_to_shares
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]])
+    def posteriors(y):  # unit Gaussians around the centres, equal priors
+        x = centres[y] + rng.normal(size=(len(y), 2))
+        logp = -0.5 * ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+        p = np.exp(logp - logp.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+    y = rng.choice(3, size=20000, p=[0.6, 0.2, 0.2])
+    probs = posteriors(y)
+    aligned, weights = align_to_shares(probs, [3, 1, 1])
+    assert np.allclose(aligned.mean(0), [0.6, 0.2, 0.2], atol=1e-6) and np.allclose(aligned.sum(1), 1)
+    assert np.allclose(weights, [0.6, 0.2, 0.2], atol=0.04), weights
+    assert (aligned.argmax(1) == y).mean() > (probs.argmax(1) == y).mean() + 0.03
+    balanced = posteriors(rng.permutation(np.arange(30000) % 3))
+    same, w = align_to_shares(balanced, "uniform")
+    assert np.allclose(w, 1 / 3, atol=0.02) and (same.argmax(1) == balanced.argmax(1)).mean() > 0.98
+    with pytest.raises(ValueError, match="2 class shares given for 3 classes"):
+        align_to_shares(probs, [1, 1])
+
+
+def test_align_shares_in_evaluate_and_predict(runs, tmp_path):
+    """evaluate.py --align-shares keeps the run's own figures beside the aligned ones; predict.py's
+    probabilities average to the shares given; a wrong count of shares or a malformed one is one line."""
+    work, run = runs
+    base = ("evaluate.py", "--run", str(run["resnet18"]), "--tta", "1", "--n-bootstrap", "10", "--no-progress")
+    r = run_script(*base, "--out-dir", str(tmp_path / "plain"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_script(*base, "--out-dir", str(tmp_path / "aligned"), "--align-shares", "uniform")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "unaligned: macro AUC" in r.stdout and "--align-shares: probabilities aligned" in r.stdout
+    plain = json.load(open(tmp_path / "plain" / "evaluation_summary.json"))
+    summary = json.load(open(tmp_path / "aligned" / "evaluation_summary.json"))
+    assert np.isclose(summary["aligned"]["unaligned"]["accuracy"], plain["accuracy"])
+    assert np.isclose(summary["aligned"]["unaligned"]["macro_auc"], plain["roc"]["macro_auc"], atol=1e-6)
+    assert np.allclose(summary["aligned"]["shares"], 1 / 3, atol=1e-4) and sum(summary["aligned"]["calls_after"]) == 9
+    probs = np.array([[float(row[f"p_{c}"]) for c in ("no", "sphere", "vort")]
+                      for row in csv.DictReader(open(tmp_path / "aligned" / "predictions.csv"))])
+    assert np.allclose(probs.mean(0), 1 / 3, atol=1e-4)
+    out = tmp_path / "p.csv"
+    r = run_script("predict.py", "--runs", str(run["resnet18"]), "--input", str(work / "sim"), "--output", str(out),
+                   "--tta", "1", "--no-progress", "--align-shares", "2,1,1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(out)))
+    probs = np.array([[float(row[f"p_{c}"]) for c in ("no", "sphere", "vort")] for row in rows])
+    assert len(rows) == 36 and np.allclose(probs.mean(0), [0.5, 0.25, 0.25], atol=1e-4)
+    assert "36 images are few to align on" in r.stdout
+    r = run_script("predict.py", "--runs", str(run["resnet18"]), "--input", str(work / "sim"), "--output", str(out),
+                   "--no-progress", "--align-shares", "1,1")
+    assert "--align-shares: 2 shares given for the 3 classes" in one_error_line(r, "predict.py")
+    r = run_script(*base, "--align-shares", "1,x,1")
+    assert "expected 'uniform' or shares per class" in one_error_line(r, "evaluate.py")
