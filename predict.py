@@ -81,7 +81,8 @@ def get_args_parser():
                    help="superres: file type of the images (same: FITS for FITS inputs, with the WCS scaled; else .npy)")
     p.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
                    help="substructure runs trained on residual maps (--input-kind residual): the input images' "
-                        "Gaussian PSF FWHM in arcsec, or 'scan' (default): measured on them")
+                        "Gaussian PSF FWHM in arcsec, 'params' (each image's own: the data's psf_fwhm column), or 'scan' "
+                        "(default): measured on them")
     p.add_argument("--fit-cache", default=None, help="substructure runs trained on residual maps: the store of "
                    "fitted maps (default $LENSING_FIT_CACHE or ~/.cache/lensing/fits)")
     substructure.add_align_arg(p)

@@ -20,6 +20,8 @@
 #    PSF measured on them (--psf-fwhm scan); own test split, the other configuration's test set and
 #    the public samples. The fits (~1 s per image on 2 cores) are kept in $OUT/fits.
 #    With ADAPTED=1 also adapted on residual maps (each pool fitted through the PSF measured on it).
+#    The randomised row: deeplense-broad's images each fitted through the PSF it was simulated with
+#    (--psf-fwhm params; its PSF is drawn per image).
 # 5. (ALIGN=1, the default) every run on the other configuration's test set also with --align-shares
 #    uniform (the probabilities aligned to the test set's known class shares: *_aligned rows).
 # ADAPTED=0 leaves out the adapted rows. Settings fixed before any run; nothing is tuned on a test
@@ -105,6 +107,10 @@ if [[ $RESIDUAL == 1 ]]; then
     evaluate m1_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
     across common_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
     evaluate common_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
+    # randomised: deeplense-broad, each image fitted through the PSF it was simulated with
+    train broad_residual --data "$OUT/broad" --input-kind residual --psf-fwhm params "${FIT[@]}"
+    across broad_residual common_test --psf-fwhm 0.2 "${FIT[@]}"
+    across broad_residual model1_test --psf-fwhm 0.087 "${FIT[@]}"
     if [[ $ADAPTED == 1 ]]; then  # the pools are fitted through the PSF measured on them
         train m1_residual_adapt_common --data "$OUT/model1" --input-kind residual --psf-fwhm 0.087 "${FIT[@]}" \
             --adapt-data "$OUT/common_pool" "${ADAPT[@]}"
@@ -116,7 +122,7 @@ if [[ $RESIDUAL == 1 ]]; then
 fi
 $PY evaluate.py --compare "${evals[@]}" --out-dir "$OUT"
 if [[ -d $SAMPLES && $RESIDUAL == 1 ]]; then  # through the PSF measured on the 9 images
-    for run in m1_residual common_residual; do
+    for run in m1_residual common_residual broad_residual; do
         $PY predict.py --runs "$OUT/results/$run" --input "$SAMPLES" --output "$OUT/public_samples_$run.csv" \
             --tta "$TTA" --no-progress "${FIT[@]}"
         $PY evaluate.py --run "$OUT/results/$run" --data "$SAMPLES" --tta "$TTA" --no-progress "${FIT[@]}" \

@@ -31,19 +31,41 @@ from engine.distributed import DistInfo, barrier, broadcast_object
 FIT_VERSION = 1      # bump when physics.strong.fit changes what it returns: older stores are not read
 PART = 32            # images per part file (one batch of the fit)
 PSF_SCAN_IMAGES = 32  # images a PSF scan fits at each FWHM (spread over the data, the same ones every time)
+PSF_COLUMN = "psf_fwhm"  # the params column of each image's PSF (arcsec) that --psf-fwhm params reads
 
 
 def psf_fwhm_arg(text):
-    """An argparse type for a PSF FWHM: 'scan' or a number of arcsec in (0, 10)."""
-    if text == "scan":
+    """An argparse type for a PSF FWHM: 'scan', 'params' or a number of arcsec in (0, 10)."""
+    if text in ("scan", "params"):
         return text
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0 < value < 10:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"expected 'scan' or a FWHM in arcsec (0-10), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected 'scan', 'params' or a FWHM in arcsec (0-10), got {text!r}")
     return value
+
+
+def psf_column(values, what) -> np.ndarray:
+    """Each image's PSF FWHM (arcsec, (N,) float64) from the data's `psf_fwhm` column (params.csv or
+    the HDF5 params, as the simulator writes them), for --psf-fwhm params."""
+    if values is None:
+        raise ResidualMapError(f"{what}: --psf-fwhm params needs a {PSF_COLUMN} column in the data's params "
+                               "(params.csv or HDF5 params); give a FWHM or 'scan' instead")
+    values = np.asarray(values, np.float64)
+    bad = ~((values > 0) & (values < 10))  # also nan (an image without a row in params.csv)
+    if bad.any():
+        raise ResidualMapError(f"{what}: {bad.sum()} of {len(values)} images have no {PSF_COLUMN} in (0, 10) "
+                               f"arcsec (e.g. {values[np.argmax(bad)]}); --psf-fwhm params needs one per image")
+    return values
+
+
+def describe_psf(psf_fwhm) -> str:
+    """'0.200"' for one PSF, '0.087-0.250" (per image)' for one per image."""
+    if np.ndim(psf_fwhm):
+        return f"{np.min(psf_fwhm):.3f}-{np.max(psf_fwhm):.3f}\" (per image)"
+    return f"{float(psf_fwhm):.3f}\""
 
 
 class ResidualMapError(ValueError):
@@ -58,12 +80,16 @@ def default_cache_dir() -> str:
     return os.path.join(base, "lensing", "fits")
 
 
-def image_keys(images) -> np.ndarray:
-    """(N,) hex digests of each image (N, 1, H, W) as float32: the store's keys."""
+def image_keys(images, psfs=None) -> np.ndarray:
+    """(N,) hex digests of each image (N, 1, H, W) as float32 (and of its own PSF where each image
+    has one, `psfs` (N,)): the store's keys."""
     out = []
-    for img in images:
+    for n, img in enumerate(images):
         a = np.ascontiguousarray(img, dtype=np.float32)
-        out.append(hashlib.sha1(repr(a.shape).encode() + a.tobytes()).hexdigest())
+        h = hashlib.sha1(repr(a.shape).encode() + a.tobytes())
+        if psfs is not None:
+            h.update(f"psf_fwhm={float(psfs[n]):.6f}".encode())
+        out.append(h.hexdigest())
     return np.array(out, dtype="U40")
 
 
@@ -75,9 +101,10 @@ class FitStore:
     """The residual maps of one fit configuration under <root>/maps_<digest>/ (config.json beside
     the parts, so a user can tell the folders apart)."""
 
-    def __init__(self, root: str, pixel_scale: float, psf_fwhm: float):
-        self.config = {"pixel_scale": float(pixel_scale), "psf_fwhm": round(float(psf_fwhm), 6),
-                       "fit_version": FIT_VERSION}
+    def __init__(self, root: str, pixel_scale: float, psf_fwhm):
+        # one PSF for every image, or one per image (then part of each image's key)
+        psf = "per_image" if np.ndim(psf_fwhm) else round(float(psf_fwhm), 6)
+        self.config = {"pixel_scale": float(pixel_scale), "psf_fwhm": psf, "fit_version": FIT_VERSION}
         self.dir = os.path.join(root, f"maps_{_digest(self.config)}")
 
     def index(self) -> dict:
@@ -139,13 +166,16 @@ def fit_missing(images, pixel_scale, psf_fwhm, cache_dir=None, info: DistInfo | 
                 progress=True, keys=None) -> np.ndarray:
     """Fit every image (N, 1, H, W) whose map the store lacks (shared out by part over the ranks
     when `info` is a torchrun job; every rank must call it) and return the keys. After it every
-    image's map is in the store."""
+    image's map is in the store. `psf_fwhm`: arcsec, one value or one per image (N,)."""
     from tqdm import tqdm
 
     from physics.strong import fit
     images = _as_stack(images)
     info = info or DistInfo()
-    keys = image_keys(images) if keys is None else keys
+    per_image = np.asarray(psf_fwhm, np.float64) if np.ndim(psf_fwhm) else None
+    if per_image is not None and per_image.shape != (len(images),):
+        raise ResidualMapError(f"{per_image.shape} PSFs for {len(images)} images")
+    keys = image_keys(images, per_image) if keys is None else keys
     store = FitStore(cache_dir or default_cache_dir(), pixel_scale, psf_fwhm)
     os.makedirs(store.dir, exist_ok=True)  # an unwritable store fails here, before any fit
     have = store.index()
@@ -156,13 +186,14 @@ def fit_missing(images, pixel_scale, psf_fwhm, cache_dir=None, info: DistInfo | 
     mine = [[n for n in part if keys[n] not in have] for part in parts[info.rank::info.world_size]]
     n_todo = sum(keys[n] not in have for n in first)
     if info.is_main and n_todo:
-        print(f"smooth-lens fits: {n_todo} of {len(keys)} images to fit (PSF {psf_fwhm:.3f}\", "
+        print(f"smooth-lens fits: {n_todo} of {len(keys)} images to fit (PSF {describe_psf(psf_fwhm)}, "
               f"{len(keys) - n_todo} in {store.dir})", flush=True)
     start = time.perf_counter()
     for rows in tqdm([m for m in mine if m], desc="smooth-lens fits", unit="part",
                      disable=not (progress and info.is_main)):
         batch = torch.from_numpy(np.asarray(images[rows][:, 0], np.float64)).to(device)
-        f = fit.fit_smooth(batch, pixel_scale, psf_fwhm)
+        psf = psf_fwhm if per_image is None else torch.from_numpy(per_image[rows]).to(device)
+        f = fit.fit_smooth(batch, pixel_scale, psf)
         maps = ((f["image"] - f["model"]) / f["sigma"]).float().cpu().numpy()[:, None]
         store.write([keys[n] for n in rows], maps)
     barrier(info)
@@ -174,8 +205,9 @@ def fit_missing(images, pixel_scale, psf_fwhm, cache_dir=None, info: DistInfo | 
 
 
 def residual_maps(images, pixel_scale, psf_fwhm, cache_dir=None, device="cpu", progress=True) -> np.ndarray:
-    """(N, 1, h, w) float32 residual maps of the images (N, 1, H, W), fitted where the store lacks them
-    (one process; train.py uses `fit_missing` and `FitStore.read` across ranks)."""
+    """(N, 1, h, w) float32 residual maps of the images (N, 1, H, W) through `psf_fwhm` (one or one per
+    image), fitted where the store lacks them (one process; train.py uses `fit_missing` and
+    `FitStore.read` across ranks)."""
     keys = fit_missing(images, pixel_scale, psf_fwhm, cache_dir, None, device, progress)
     return FitStore(cache_dir or default_cache_dir(), pixel_scale, psf_fwhm).read(keys)
 

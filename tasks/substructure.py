@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data import augment, lens_data
-from data.residual_maps import PSF_SCAN_IMAGES, psf_fwhm_arg
+from data.residual_maps import PSF_COLUMN, PSF_SCAN_IMAGES, psf_fwhm_arg
 from engine.checkpoint import write_csv
 from engine.inference import align_to_shares, inference_precision, shares_arg
 from models import create_model
@@ -72,9 +72,10 @@ def add_train_args(parser):
                         "shear + Sersic fit) / noise on the central +-2.6\", data/residual_maps.py; ~1 s per image "
                         "per CPU core, once: the maps are kept in --fit-cache)")
     g.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
-                   help="--input-kind residual: the training images' Gaussian PSF FWHM in arcsec, or 'scan' "
-                        f"(default): measured on {PSF_SCAN_IMAGES} of them. An --adapt-data target is always "
-                        "scanned (the PSF belongs to the data)")
+                   help="--input-kind residual: the training images' Gaussian PSF FWHM in arcsec, 'scan' "
+                        f"(default): measured on {PSF_SCAN_IMAGES} of them, or 'params': each image's own from the "
+                        f"data's {PSF_COLUMN} column (a randomised simulation such as deeplense-broad). An "
+                        "--adapt-data target is always scanned (the PSF belongs to the data)")
     g.add_argument("--pixel-scale", type=float, default=PIXEL_SCALE, help="--input-kind residual: arcsec per pixel")
     g.add_argument("--fit-cache", default=None,
                    help="--input-kind residual: the store of fitted maps (default $LENSING_FIT_CACHE or "
@@ -164,13 +165,18 @@ def fit_stats(data, split, args, info):
 def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
     """`data` (a TrainData of images) with its images replaced by their smooth-lens residual maps:
     the fits shared out over the ranks and kept in the store, the maps packed into a new node cache
-    and the images' cache removed. `psf_fwhm`: arcsec, or 'scan' (measured on these images)."""
+    and the images' cache removed. `psf_fwhm`: arcsec, 'scan' (measured on these images) or 'params'
+    (each image's own, the data's psf_fwhm column)."""
     from data import residual_maps
     from data.cache import SharedArrays, cache_key
     pixels = data.arrays["images"]
     try:
-        psf = residual_maps.scan_psf(pixels, args.pixel_scale, args.fit_cache, info, info.device) \
-            if psf_fwhm == "scan" else float(psf_fwhm)
+        if psf_fwhm == "params":  # each image's own, as the simulator recorded it
+            psf = residual_maps.psf_column(data.arrays.get(f"params_{residual_maps.PSF_COLUMN}"), what)
+        elif psf_fwhm == "scan":
+            psf = residual_maps.scan_psf(pixels, args.pixel_scale, args.fit_cache, info, info.device)
+        else:
+            psf = float(psf_fwhm)
         keys = residual_maps.fit_missing(pixels, args.pixel_scale, psf, args.fit_cache, info, info.device,
                                          not args.no_progress)
     except (residual_maps.ResidualMapError, OSError) as err:  # OSError: a fit store that cannot be written
@@ -195,10 +201,11 @@ def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
     data.remove()
     data.arrays = maps
     data.meta["shape"] = tuple(maps["images"].shape[1:])
-    data.meta["input"] = {"kind": "residual", "psf_fwhm": psf, "pixel_scale": args.pixel_scale,
-                          "image_shape": list(image_shape)}
+    data.meta["input"] = {"kind": "residual", "psf_fwhm": "params" if np.ndim(psf) else psf,
+                          "pixel_scale": args.pixel_scale, "image_shape": list(image_shape)}
     if info.is_main:
-        print(f"{what}: residual maps {'x'.join(map(str, data.meta['shape']))} (PSF {psf:.3f}\", "
+        print(f"{what}: residual maps {'x'.join(map(str, data.meta['shape']))} (PSF "
+              f"{residual_maps.describe_psf(psf)}, "
               f"{args.pixel_scale}\"/pixel, store {store.dir})", flush=True)
     return data
 
@@ -271,10 +278,11 @@ def checkpoint_extras(data, stats, args) -> dict:
 
 
 # --------------------------------------------------------------------------- scoring (predict, evaluate)
-def ensemble_probs(runs, pixels, args, progress=True, own_split=False):
+def ensemble_probs(runs, pixels, args, progress=True, own_split=False, psfs=None):
     """(probabilities (N, 3) = softmax of the mean member logits, std of the members' probabilities (N, 3)).
     Each member is shown what it was trained on: the images, or their residual maps (fitted once per
-    distinct fit among the members)."""
+    distinct fit among the members). `psfs`: the images' own PSF column where the data has one
+    (None otherwise), for --psf-fwhm params."""
     from scipy.special import softmax
     groups = {}  # members sharing an input
     for m, (ckpt, _, _) in enumerate(runs):
@@ -282,7 +290,8 @@ def ensemble_probs(runs, pixels, args, progress=True, own_split=False):
     members = [None] * len(runs)
     for key, which in groups.items():
         spec = json.loads(key)
-        shown = pixels if spec is None else residual_pixels(pixels, spec, args, runs[which[0]][2], own_split, progress)
+        shown = pixels if spec is None else residual_pixels(pixels, spec, args, runs[which[0]][2], own_split, progress,
+                                                            psfs)
         outputs = images.member_outputs([runs[m] for m in which], shown, args, "logits", progress)
         for m, out in zip(which, outputs):
             members[m] = out
@@ -290,10 +299,11 @@ def ensemble_probs(runs, pixels, args, progress=True, own_split=False):
     return softmax(members.mean(0), axis=-1), softmax(members, axis=-1).std(0)
 
 
-def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress) -> np.ndarray:
+def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress, psfs=None) -> np.ndarray:
     """The residual maps a residual-input run (its stats' `input`) is shown of `pixels` (N, 1, H, W):
     fitted through the run's PSF on its own test split, else through --psf-fwhm (default: measured
-    on these images: the PSF belongs to the data, not to the model)."""
+    on these images: the PSF belongs to the data, not to the model); 'params': each image's own
+    (`psfs`, the data's psf_fwhm column)."""
     from data import residual_maps
     if tuple(pixels.shape[1:]) != tuple(spec["image_shape"]):
         raise TaskError(f"{ckpt_path}: trained on the residual maps of {'x'.join(map(str, spec['image_shape']))} "
@@ -301,10 +311,13 @@ def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress) -> np.nd
     psf = spec["psf_fwhm"] if own_split else getattr(args, "psf_fwhm", "scan")
     cache = getattr(args, "fit_cache", None)
     try:
-        if psf == "scan":
+        if psf == "params":
+            psf = residual_maps.psf_column(psfs, "these images")
+        elif psf == "scan":
             psf = residual_maps.scan_psf(pixels, spec["pixel_scale"], cache, device=args.device)
+            trained = spec["psf_fwhm"] if spec["psf_fwhm"] == "params" else f"{spec['psf_fwhm']:.3f}\""
             print(f"residual maps: PSF FWHM {psf:.3f}\" measured on these images (--psf-fwhm sets it; the run was "
-                  f"trained through {spec['psf_fwhm']:.3f}\")", flush=True)
+                  f"trained through {trained})", flush=True)
         return residual_maps.residual_maps(pixels, spec["pixel_scale"], psf, cache, args.device, progress)
     except (residual_maps.ResidualMapError, OSError) as err:
         raise TaskError(str(err)) from None
@@ -332,7 +345,8 @@ def predict(runs, args):
     """(header, rows, skipped): `id, p_no, p_sphere, p_vort, class` per image of the inputs."""
     arrays, report = images.load_paths(args.input, None, args, labelled=False,
                                        class_folders=lens_data.SUBSTRUCTURE_FOLDERS)
-    probs, spread = ensemble_probs(runs, arrays["images"], args, not args.no_progress)
+    probs, spread = ensemble_probs(runs, arrays["images"], args, not args.no_progress,
+                                   psfs=arrays.get(f"params_{PSF_COLUMN}"))
     probs, _ = align_shares(probs, args)
     header = ["id"] + [f"p_{c}" for c in CLASS_NAMES] + ["class"]
     header += [f"std_{c}" for c in CLASS_NAMES] + ["file"] if args.extra_columns else []
@@ -353,7 +367,8 @@ def add_evaluate_args(parser):
     g.add_argument("--pixel-scale", type=float, default=0.05, help="--residuals: arcsec per pixel")
     g.add_argument("--psf-fwhm", type=psf_fwhm_arg, default="scan",
                    help="--residuals, and runs trained with --input-kind residual on --data: the data's Gaussian "
-                        "PSF FWHM in arcsec, or 'scan' (default): the median over up to "
+                        f"PSF FWHM in arcsec, 'params' (each image's own, the data's {PSF_COLUMN} column), or "
+                        "'scan' (default): the median over up to "
                         f"{PSF_SCAN_IMAGES} images of the FWHM whose fit leaves the least chi^2 (physics.strong.fit."
                         "psf_scan; 7 more fits of those images). deeplense-model1 0.087, deeplense-common and the "
                         "public Common Test I samples 0.2")
@@ -393,7 +408,9 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     print(f"evaluating {ckpt_path} (epoch {ckpt['epoch']}, {name}) on {what}: {len(y)} images ("
           + ", ".join(f"{(y == c).sum()} {n}" for c, n in enumerate(CLASS_NAMES)) + f"); TTA x{args.tta}, "
           f"{inference_precision(args.amp, args.device)}", flush=True)
-    probs = ensemble_probs([(ckpt, model, ckpt_path)], pixels, args, not args.no_progress, own_split=not args.data)[0]
+    psfs = arrays.get(f"params_{PSF_COLUMN}")
+    probs = ensemble_probs([(ckpt, model, ckpt_path)], pixels, args, not args.no_progress, own_split=not args.data,
+                           psfs=None if psfs is None else psfs[rows])[0]
     raw, (probs, aligned) = probs, align_shares(probs, args)
     pred = probs.argmax(1)
     P = lambda fname: os.path.join(out_dir, fname)  # noqa: E731
@@ -432,7 +449,8 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
             [roc_auc_score(y == c, raw[:, c]) for c in present])) if len(present) > 1 else float("nan")}
         summary["aligned"] = aligned
     if args.residuals:
-        summary["residuals"] = residual_report(pixels[:, 0], y, pred, ids, P("residuals.csv"), args)
+        summary["residuals"] = residual_report(pixels[:, 0], y, pred, ids, P("residuals.csv"), args,
+                                               None if psfs is None else psfs[rows])
     roc = summary["roc"]
     lo, hi = roc["macro_auc_ci"]
     summary["headline"] = (f"macro AUC {roc['macro_auc']:.4f} [{lo:.3f}, {hi:.3f}] | "
@@ -446,7 +464,7 @@ def evaluate(ckpt, model, ckpt_path, args) -> dict:
     return summary
 
 
-def residual_report(pixels, y, pred, ids, csv_path, args) -> dict:
+def residual_report(pixels, y, pred, ids, csv_path, args, psfs=None) -> dict:
     """The smooth-lens fit of every image (physics.strong.fit): per image its residual statistics
     (residuals.csv), per class the share without a residual above the noise (no network can
     classify those by their substructure) and the accuracy with and without one."""
@@ -455,7 +473,13 @@ def residual_report(pixels, y, pred, ids, csv_path, args) -> dict:
         raise TaskError(f"--residuals fits square images; these are {pixels.shape[-2]}x{pixels.shape[-1]}")
     pixels = np.asarray(pixels, np.float64)
     psf_fwhm = args.psf_fwhm
-    if psf_fwhm == "scan":  # images spread over the set (it may be ordered by class), the same ones every run
+    if psf_fwhm == "params":  # each image's own
+        from data import residual_maps
+        try:
+            psf_fwhm = residual_maps.psf_column(psfs, "--residuals")
+        except residual_maps.ResidualMapError as err:
+            raise TaskError(str(err)) from None
+    elif psf_fwhm == "scan":  # images spread over the set (it may be ordered by class), the same ones every run
         from data import residual_maps
         psf_fwhm = residual_maps.scan_psf(pixels[:, None], args.pixel_scale, args.fit_cache, device=args.device)
         print(f"smooth-lens residuals: PSF FWHM {psf_fwhm:.3f}\" (median of the best fits of "
@@ -466,7 +490,7 @@ def residual_report(pixels, y, pred, ids, csv_path, args) -> dict:
               [[i, CLASS_NAMES[t], CLASS_NAMES[p], int(d)] + [f"{stats[c][j]:.4f}" for c in columns]
                for j, (i, t, p, d) in enumerate(zip(ids, y, pred, stats["detectable"]))])
     seen = stats["detectable"] > 0
-    out = {"csv": csv_path, "psf_fwhm": psf_fwhm}
+    out = {"csv": csv_path, "psf_fwhm": "params" if np.ndim(psf_fwhm) else psf_fwhm}
     for c, name in enumerate(CLASS_NAMES):
         sel = y == c
         out[name] = {"undetectable": float(1 - seen[sel].mean()) if sel.any() else float("nan"),

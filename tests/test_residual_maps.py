@@ -216,3 +216,54 @@ def test_a_residual_run_is_named_apart_from_an_image_run():
     assert substructure.default_name(args) == "substructure_resnet18_residual_common_s42"
     args.input_kind = "image"
     assert substructure.default_name(args) == "substructure_resnet18_common_s42"
+
+
+# --------------------------------------------------------------------------- a PSF per image (--psf-fwhm params)
+def test_each_image_through_its_own_psf(tmp_path, short_fit):
+    """One PSF per image: the maps are fit_smooth's through each image's PSF, the store keys an
+    image with its PSF (the same image through another PSF is fitted again), and a PSF column with a
+    missing or impossible value is refused."""
+    images = rings(4)
+    psfs = np.array([0.08, 0.12, 0.16, 0.2])
+    maps = residual_maps.residual_maps(images, 0.05, psfs, str(tmp_path), progress=False)
+    direct = fit.fit_smooth(torch.from_numpy(images[:, 0].astype(np.float64)), 0.05, torch.from_numpy(psfs))
+    assert np.allclose(maps, ((direct["image"] - direct["model"]) / direct["sigma"]).float().numpy()[:, None],
+                       atol=1e-5)
+    one = fit.fit_smooth(torch.from_numpy(images[3:, 0].astype(np.float64)), 0.05, 0.2)  # the 4th alone, 0.2"
+    assert np.allclose(maps[3], ((one["image"] - one["model"]) / one["sigma"]).float().numpy(), atol=1e-5)
+    short_fit.clear()
+    again = residual_maps.residual_maps(images, 0.05, psfs[[0, 1, 3, 2]], str(tmp_path), progress=False)
+    assert short_fit == [2] and np.array_equal(again[:2], maps[:2])  # two images under another PSF: refitted
+    store = residual_maps.FitStore(str(tmp_path), 0.05, psfs)
+    assert json.load(open(os.path.join(store.dir, "config.json")))["psf_fwhm"] == "per_image"
+    assert store.dir != residual_maps.FitStore(str(tmp_path), 0.05, 0.2).dir
+    with pytest.raises(residual_maps.ResidualMapError, match="needs a psf_fwhm column"):
+        residual_maps.psf_column(None, "sim/")
+    with pytest.raises(residual_maps.ResidualMapError, match="1 of 3 images have no psf_fwhm"):
+        residual_maps.psf_column(np.array([0.1, np.nan, 0.2]), "sim/")
+
+
+def test_train_and_evaluate_through_each_images_psf(tmp_path):
+    """--psf-fwhm params: a randomised simulation's images fitted each through its recorded PSF;
+    the run's own test split through the same (nothing refitted); data without the column: one line."""
+    write_folders(tmp_path / "sim", n=6, seed=5)
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "sim" / "params.csv", "w") as f:
+        f.write("file,psf_fwhm\n" + "".join(f"{c}/{i}.npy,{rng.uniform(0.08, 0.2):.4f}\n"
+                                            for c in ("no", "sphere", "vort") for i in range(6)))
+    common = ["--fit-cache", str(tmp_path / "fits"), "--no-progress"]
+    r = run_script("train.py", "--task", "substructure", "--data", str(tmp_path / "sim"), "--input-kind", "residual",
+                   "--psf-fwhm", "params", "--epochs", "1", "--batch-size", "8", "--output", str(tmp_path / "runs"),
+                   "--experiment-name", "per_image", "--cache-dir", str(tmp_path), "--device", "cpu", *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "18 of 18 images to fit (PSF 0." in r.stdout and "(per image)" in r.stdout
+    ckpt = torch.load(tmp_path / "runs" / "per_image" / "best.pt", weights_only=True)
+    assert ckpt["stats"]["input"]["psf_fwhm"] == "params"
+    r = run_script("evaluate.py", "--run", str(tmp_path / "runs" / "per_image"), "--tta", "1", "--n-bootstrap", "10",
+                   *common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "macro AUC" in r.stdout and "to fit" not in r.stdout
+    write_folders(tmp_path / "other", n=2, seed=9)  # no params.csv
+    r = run_script("evaluate.py", "--run", str(tmp_path / "runs" / "per_image"), "--data", str(tmp_path / "other"),
+                   "--psf-fwhm", "params", "--tta", "1", *common)
+    assert "--psf-fwhm params needs a psf_fwhm column" in one_error_line(r, "evaluate.py")
