@@ -138,7 +138,7 @@ def align_to_shares(probs, shares, iterations: int = 1000, tol: float = 1e-9):
     Returns (aligned probabilities (N, K), weights (K,), normalised to sum 1)."""
     probs = np.asarray(probs, np.float64)
     k = probs.shape[1]
-    target = np.full(k, 1.0 / k) if shares == "uniform" else np.asarray(shares, np.float64)
+    target = np.full(k, 1.0 / k) if isinstance(shares, str) and shares == "uniform" else np.asarray(shares, np.float64)
     if target.shape != (k,):
         raise ValueError(f"{len(target)} class shares given for {k} classes")
     target = target / target.sum()
