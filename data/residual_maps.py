@@ -61,6 +61,18 @@ def psf_column(values, what) -> np.ndarray:
     return values
 
 
+def resolve_psf(psf_fwhm, images, pixel_scale, cache_dir=None, psfs=None, what="these images",
+                info: DistInfo | None = None, device="cpu"):
+    """The PSF a data set is fitted through, from a --psf-fwhm value: a FWHM (arcsec) as given,
+    'scan' measured on `images` (N, 1, H, W) (`scan_psf`), or 'params' each image's own from the
+    data's psf_fwhm column `psfs` (N,) (`psf_column`). Returns a float or an (N,) array."""
+    if psf_fwhm == "params":
+        return psf_column(psfs, what)
+    if psf_fwhm == "scan":
+        return scan_psf(images, pixel_scale, cache_dir, info, device)
+    return float(psf_fwhm)
+
+
 def describe_psf(psf_fwhm) -> str:
     """'0.200"' for one PSF, '0.087-0.250" (per image)' for one per image."""
     if np.ndim(psf_fwhm):

@@ -171,12 +171,8 @@ def residual_input(data, args, info, what, psf_fwhm) -> TrainData:
     from data.cache import SharedArrays, cache_key
     pixels = data.arrays["images"]
     try:
-        if psf_fwhm == "params":  # each image's own, as the simulator recorded it
-            psf = residual_maps.psf_column(data.arrays.get(f"params_{residual_maps.PSF_COLUMN}"), what)
-        elif psf_fwhm == "scan":
-            psf = residual_maps.scan_psf(pixels, args.pixel_scale, args.fit_cache, info, info.device)
-        else:
-            psf = float(psf_fwhm)
+        psf = residual_maps.resolve_psf(psf_fwhm, pixels, args.pixel_scale, args.fit_cache,
+                                        data.arrays.get(f"params_{PSF_COLUMN}"), what, info, info.device)
         keys = residual_maps.fit_missing(pixels, args.pixel_scale, psf, args.fit_cache, info, info.device,
                                          not args.no_progress)
     except (residual_maps.ResidualMapError, OSError) as err:  # OSError: a fit store that cannot be written
@@ -311,10 +307,9 @@ def residual_pixels(pixels, spec, args, ckpt_path, own_split, progress, psfs=Non
     psf = spec["psf_fwhm"] if own_split else getattr(args, "psf_fwhm", "scan")
     cache = getattr(args, "fit_cache", None)
     try:
-        if psf == "params":
-            psf = residual_maps.psf_column(psfs, "these images")
-        elif psf == "scan":
-            psf = residual_maps.scan_psf(pixels, spec["pixel_scale"], cache, device=args.device)
+        scanned = psf == "scan"
+        psf = residual_maps.resolve_psf(psf, pixels, spec["pixel_scale"], cache, psfs, device=args.device)
+        if scanned:
             trained = spec["psf_fwhm"] if spec["psf_fwhm"] == "params" else f"{spec['psf_fwhm']:.3f}\""
             print(f"residual maps: PSF FWHM {psf:.3f}\" measured on these images (--psf-fwhm sets it; the run was "
                   f"trained through {trained})", flush=True)
@@ -472,16 +467,13 @@ def residual_report(pixels, y, pred, ids, csv_path, args, psfs=None) -> dict:
     if pixels.shape[-1] != pixels.shape[-2]:
         raise TaskError(f"--residuals fits square images; these are {pixels.shape[-2]}x{pixels.shape[-1]}")
     pixels = np.asarray(pixels, np.float64)
-    psf_fwhm = args.psf_fwhm
-    if psf_fwhm == "params":  # each image's own
-        from data import residual_maps
-        try:
-            psf_fwhm = residual_maps.psf_column(psfs, "--residuals")
-        except residual_maps.ResidualMapError as err:
-            raise TaskError(str(err)) from None
-    elif psf_fwhm == "scan":  # images spread over the set (it may be ordered by class), the same ones every run
-        from data import residual_maps
-        psf_fwhm = residual_maps.scan_psf(pixels[:, None], args.pixel_scale, args.fit_cache, device=args.device)
+    from data import residual_maps
+    try:  # a scan: images spread over the set (it may be ordered by class), the same ones every run
+        psf_fwhm = residual_maps.resolve_psf(args.psf_fwhm, pixels[:, None], args.pixel_scale, args.fit_cache, psfs,
+                                             "--residuals", device=args.device)
+    except residual_maps.ResidualMapError as err:
+        raise TaskError(str(err)) from None
+    if args.psf_fwhm == "scan":
         print(f"smooth-lens residuals: PSF FWHM {psf_fwhm:.3f}\" (median of the best fits of "
               f"{min(PSF_SCAN_IMAGES, len(pixels))} images; --psf-fwhm sets it)")
     stats = fit.measure_images(pixels, args.pixel_scale, psf_fwhm, progress=not args.no_progress)
